@@ -1,0 +1,270 @@
+"""Step inputs -> a :class:`ModelLibrary` of chips, grouped by exposure.
+
+Accepted inputs: a single file, a Python list (of files or models), a glob pattern
+(``'*flt.fits'``), an ``@file`` list (one name per line, ``#`` comments), or an association
+JSON in the JWST layout (``products[0].name``, ``members[].expname``, ``exptype``). Every
+multi-chip exposure is expanded into one member per SCI extension (``file.fits[SCI,n]``), and
+its chips share a ``group_id``. With ``on_disk=True`` (the pipeline's ``in_memory=False``)
+models are kept as ASDF files in a temporary directory and only borrowed ones are in RAM.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from stdatamodels import DataModel
+from stpipe.library import AbstractModelLibrary, NoGroupID
+
+from ..exceptions import DrizzlepipeInputError
+from .models import DrizDataModel, ImageModel
+from .readers import chip_members, convert_jwst_model, open_path, split_selector
+
+__all__ = ["ModelLibrary", "build_association", "resolve_input_files"]
+
+_GLOB_CHARS = set("*?[")
+
+
+def _is_glob(text):
+    # "file.fits[SCI,2]" is a chip selector, not a glob.
+    path, selector = split_selector(text)
+    return selector is None and bool(_GLOB_CHARS & set(text))
+
+
+def _read_list_file(list_path):
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise DrizzlepipeInputError(list_path, "@-list file not found")
+    names = []
+    for line in list_path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name = line.split()[0]
+            names.append(name if os.path.isabs(name) else str(list_path.parent / name))
+    if not names:
+        raise DrizzlepipeInputError(list_path, "@-list file names no inputs")
+    return names
+
+
+def _load_association(asn_path):
+    asn_path = Path(asn_path)
+    if not asn_path.is_file():
+        raise DrizzlepipeInputError(asn_path, "association file not found")
+    try:
+        asn = json.loads(asn_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DrizzlepipeInputError(asn_path, f"not a valid association JSON ({exc})") from None
+    products = asn.get("products") if isinstance(asn, Mapping) else None
+    if not products or not isinstance(products, list) or "members" not in products[0]:
+        raise DrizzlepipeInputError(asn_path, "association has no products[0].members")
+    return asn
+
+
+def resolve_input_files(init):
+    """Expand a file name, glob, ``@list`` or list of names into a list of paths.
+
+    Parameters
+    ----------
+    init : str, Path or list of str/Path
+        What the user gave.
+
+    Returns
+    -------
+    list of str
+        Paths (possibly with ``[SCI,n]`` selectors), in the user's order (globs sorted).
+    """
+    if isinstance(init, (str, Path)):
+        items = [init]
+    else:
+        items = list(init)
+    names = []
+    for item in items:
+        text = str(item)
+        if text.startswith("@"):
+            names.extend(_read_list_file(text[1:]))
+        elif _is_glob(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise DrizzlepipeInputError(text, "glob pattern matches no files")
+            names.extend(matches)
+        else:
+            names.append(text)
+    return names
+
+
+def _expand_members(names, base_dir=None):
+    """Chip members (``expname``, ``group_id``) for file names; duplicates are an error."""
+    members, seen = [], {}
+    for name in names:
+        path, selector = split_selector(name)
+        if base_dir is not None and not path.is_absolute():
+            path = Path(base_dir) / path
+        path = path.resolve()
+        if selector is not None:
+            if not path.exists():
+                raise DrizzlepipeInputError(path, "file not found")
+            chips = [(f"{path}[{selector[0]},{selector[1]}]", None)]
+        else:
+            chips = chip_members(path)
+        for expname, group_id in chips:
+            if expname in seen or str(path) in seen:
+                first = seen.get(expname, seen.get(str(path)))
+                raise DrizzlepipeInputError(path, f"duplicate input (also given as {first})")
+            seen[expname] = name
+            members.append({"expname": expname, "exptype": "science", "group_id": group_id})
+        seen[str(path)] = name
+    return members
+
+
+def build_association(init):
+    """Build a chip-level association dict from any accepted input form.
+
+    Parameters
+    ----------
+    init : str, Path, or list of str/Path
+        Association JSON, single file, glob, ``@list`` or list of names.
+
+    Returns
+    -------
+    dict
+        ``{"products": [{"name": ..., "members": [...]}], "table_name": ...}`` with one
+        science member per chip and ``group_id`` set (the exposure's rootname or file stem).
+    """
+    if isinstance(init, (str, Path)) and str(init).lower().endswith(".json"):
+        asn_path = Path(init).resolve()
+        asn = _load_association(asn_path)
+        product = asn["products"][0]
+        science = [
+            m for m in product["members"] if str(m.get("exptype", "science")).lower() == "science"
+        ]
+        if not science:
+            raise DrizzlepipeInputError(asn_path, "association has no science members")
+        for member in science:
+            if "expname" not in member:
+                raise DrizzlepipeInputError(asn_path, f"member without expname: {member}")
+            member_path, _ = split_selector(member["expname"])
+            if not member_path.is_absolute():
+                member_path = asn_path.parent / member_path
+            if not member_path.exists():
+                raise DrizzlepipeInputError(
+                    asn_path, f"association member {member['expname']!r} not found ({member_path})"
+                )
+        members = _expand_members([m["expname"] for m in science], base_dir=asn_path.parent)
+        name, table_name = product.get("name"), asn_path.name
+    else:
+        names = resolve_input_files(init)
+        if not names:
+            raise DrizzlepipeInputError(None, "no inputs given")
+        members = _expand_members(names)
+        name, table_name = None, Path(split_selector(names[0])[0]).name
+    for index, member in enumerate(members):
+        if member["group_id"] is None:
+            path = Path(split_selector(member["expname"])[0])
+            member["group_id"] = path.name.rsplit(".", 1)[0] or f"exposure{index + 1:04d}"
+    product = {"members": members}
+    if name:
+        product["name"] = name
+    return {"products": [product], "table_name": table_name}
+
+
+class ModelLibrary(AbstractModelLibrary):
+    """A library of :class:`ImageModel` chips built from any accepted input form.
+
+    Parameters
+    ----------
+    init : str, Path, list, dict or ModelLibrary
+        See the module docstring; a list may hold models (or lists of chip models).
+    on_disk : bool
+        Keep shelved models as temporary ASDF files instead of in memory.
+    temp_directory : str or Path, optional
+        Where the temporary files go (default: a new directory in the working directory).
+    """
+
+    def __init__(self, init, *, on_disk=False, temp_directory=None, **open_kwargs):
+        if isinstance(init, Mapping):
+            asn = dict(init)
+        elif _is_model_list(init):
+            models = _flatten_models(init)
+            if not models:
+                raise DrizzlepipeInputError(None, "empty list of models")
+            super().__init__(models, on_disk=False, **open_kwargs)
+            self._product_name = None
+            return
+        else:
+            asn = build_association(init)
+        super().__init__(asn, on_disk=on_disk, temp_directory=temp_directory, **open_kwargs)
+        self._product_name = asn["products"][0].get("name")
+
+    @property
+    def product_name(self):
+        """The association's product name (``products[0].name``), or None."""
+        return self._product_name
+
+    @property
+    def crds_observatory(self):
+        """drizzlepipe never contacts CRDS; this satisfies stpipe's protocol."""
+        return "drizzlepipe"
+
+    def _datamodels_open(self, filename, **kwargs):
+        model = open_path(filename, **kwargs)
+        if not isinstance(model, ImageModel):
+            raise DrizzlepipeInputError(
+                filename, "expected one chip (ImageModel) for a library member"
+            )
+        return model
+
+    @classmethod
+    def _load_asn(cls, filename):
+        return _load_association(filename)
+
+    def _filename_to_group_id(self, filename):
+        raise NoGroupID(f"{filename}: group_id is assigned when the library is built")
+
+    def _model_to_group_id(self, model):
+        group_id = getattr(model.meta, "group_id", None)
+        if not group_id:
+            raise NoGroupID(f"{model.meta.filename}: no meta.group_id")
+        return group_id
+
+    def _assign_member_to_model(self, model, member):
+        # stpipe's version treats meta.asn as a dict; ours is a schema object node.
+        for attr in ("group_id", "exptype"):
+            if attr in member:
+                setattr(model.meta, attr, member[attr])
+        if "table_name" in self._asn:
+            model.meta.asn.table_name = self._asn["table_name"]
+        if "asn_pool" in self._asn:
+            model.meta.asn.pool_name = self._asn["asn_pool"]
+
+    def _temp_path_for_model(self, model, index):
+        # ASDF is the fastest exact round trip for a shelved chip.
+        subpath = self._temp_path / f"{index}"
+        subpath.mkdir(parents=True, exist_ok=True)
+        stem = Path(self._model_to_filename(model)).stem
+        return subpath / f"{stem}.asdf"
+
+
+def _is_model_list(init):
+    if isinstance(init, (str, Path, Mapping)) or not isinstance(init, Iterable):
+        return False
+    items = list(init)
+    return bool(items) and all(isinstance(i, (DataModel, list, tuple)) for i in items)
+
+
+def _flatten_models(items):
+    models = []
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            models.extend(_flatten_models(item))
+        elif isinstance(item, ImageModel):
+            models.append(item)
+        elif not isinstance(item, DrizDataModel) and item.meta.telescope == "JWST":
+            models.append(convert_jwst_model(item))
+        else:
+            raise DrizzlepipeInputError(
+                getattr(item.meta, "filename", None), "library members must be ImageModel chips"
+            )
+    return models

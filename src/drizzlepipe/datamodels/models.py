@@ -1,0 +1,164 @@
+"""drizzlepipe's data models, built on :class:`stdatamodels.DataModel` with our own schemas.
+
+- :class:`ImageModel` — one detector chip of one exposure (SCI/DQ/ERR, optional VAR_*).
+- :class:`ResampledModel` — a resampled product: ``single`` (one exposure on the common grid),
+  ``median`` or the final ``drz`` (SCI, WHT, ERR, CTX).
+
+Files are written atomically (a temporary file in the target directory, then a rename), so an
+interrupted save never leaves a truncated product under the final name. FITS files carry the
+full tree (including the WCS object) in an ``ASDF`` extension, which makes round trips exact,
+and a FITS WCS in the SCI header wherever the WCS is an :class:`astropy.wcs.WCS`, so that any
+FITS viewer understands them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+from astropy.wcs import WCS as FitsWCS
+from stdatamodels import DataModel, fits_support
+
+from .. import __version__
+
+__all__ = ["DrizDataModel", "ImageModel", "ResampledModel"]
+
+_SCHEMA_PREFIX = "http://drizzlepipe.org/schemas/"
+
+#: Array attributes of our models.
+_ARRAY_NAMES = ("data", "dq", "err", "var_rnoise", "var_poisson", "wht", "con")
+
+#: FITS extensions of a product that get the image WCS in their header.
+_WCS_EXTENSIONS = ("SCI", "ERR", "DQ", "WHT", "CTX", "VAR_RNOISE", "VAR_POISSON")
+
+
+class DrizDataModel(DataModel):
+    """Base class of drizzlepipe's models: provenance, CRDS protocol and atomic saving."""
+
+    schema_url = _SCHEMA_PREFIX + "core.schema"
+
+    @property
+    def crds_observatory(self):
+        """Observatory name for stpipe's protocol; drizzlepipe never contacts CRDS."""
+        return "drizzlepipe"
+
+    def get_crds_parameters(self):
+        """Flat dict of scalar metadata (stpipe's model protocol; not sent anywhere)."""
+        return {
+            key: value
+            for key, value in self.to_flat_dict(include_arrays=False).items()
+            if isinstance(value, (str, int, float, bool))
+        }
+
+    def on_init(self, init):
+        """Set creation date and software provenance; give arrays native byte order."""
+        super().on_init(init)
+        # FITS stores big-endian arrays; the drizzle C kernels and numpy's fast paths want
+        # native order, so convert once here instead of in every algorithm.
+        for name in _ARRAY_NAMES:
+            array = self._instance.get(name)
+            if isinstance(array, np.ndarray) and not array.dtype.isnative:
+                self._instance[name] = array.astype(array.dtype.newbyteorder("="))
+        if not self.meta.hasattr("date"):
+            self.meta.date = Time.now().isot
+        if not self.meta.hasattr("software"):
+            self.meta.software = {"name": "drizzlepipe", "version": __version__}
+
+    def on_save(self, path=None):
+        """Record the final (not the temporary) file name and the write date."""
+        target = self.__dict__.get("_atomic_target")
+        super().on_save(str(target) if target is not None else path)
+        self.meta.date = Time.now().isot
+        self.meta.software = {"name": "drizzlepipe", "version": __version__}
+
+    def save(self, path, dir_path=None, *args, **kwargs):
+        """Save to ``.fits`` or ``.asdf`` atomically.
+
+        Parameters
+        ----------
+        path : str, Path or callable
+            Output path, or a function of ``meta.filename`` returning it (stpipe's protocol).
+        dir_path : str, optional
+            Directory that overrides the one in ``path``.
+        *args, **kwargs
+            Passed to ``astropy.io.fits.HDUList.writeto`` or ``asdf.AsdfFile.write_to``.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
+        target = Path(path(self.meta.filename) if callable(path) else path)
+        if dir_path:
+            target = Path(dir_path) / target.name
+        suffix = target.suffix.lower()
+        if suffix not in (".fits", ".asdf"):
+            raise ValueError(f"{target}: unknown file type {suffix!r} (use .fits or .asdf)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent
+        )
+        os.close(fd)
+        self._atomic_target = target.name
+        try:
+            if suffix == ".fits":
+                kwargs.setdefault("overwrite", True)
+                self.to_fits(tmp_name, *args, **kwargs)
+            else:
+                self.to_asdf(tmp_name, *args, **kwargs)
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        finally:
+            del self._atomic_target
+        return str(target)
+
+    def to_fits(self, init, *args, **kwargs):
+        """Write FITS with the ASDF tree and, where possible, a FITS WCS in each image HDU."""
+        self.on_save(init)
+        hdulist = fits_support.to_fits(self._instance, self._schema)
+        self._add_fits_wcs(hdulist)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Card is too long")
+            hdulist.writeto(init, *args, **kwargs)
+
+    def _add_fits_wcs(self, hdulist):
+        wcs = self.meta.wcs if self.meta.hasattr("wcs") else None
+        if not isinstance(wcs, FitsWCS):
+            return
+        with warnings.catch_warnings():
+            # Lookup-table distortions cannot go into a header; the ASDF tree keeps them.
+            warnings.simplefilter("ignore")
+            header = wcs.to_header(relax=True)
+        for name in _WCS_EXTENSIONS:
+            if name in hdulist:
+                hdu = hdulist[name]
+                if isinstance(hdu, fits.ImageHDU) and hdu.data is not None and hdu.data.ndim == 2:
+                    hdu.header.update(header)
+
+
+class ImageModel(DrizDataModel):
+    """One detector chip: ``data`` (float32), ``dq`` (uint32), ``err`` (float32), optional
+    ``var_rnoise``/``var_poisson``, and metadata (WCS, exposure, detector, background, group).
+
+    Units are stated in ``meta.units`` (``counts``, ``countrate`` or ``surface_brightness``)
+    and ``meta.detector.in_electrons`` (False: DN, convert with ``meta.detector.gain``).
+    """
+
+    schema_url = _SCHEMA_PREFIX + "image.schema"
+
+
+class ResampledModel(DrizDataModel):
+    """A resampled product on an output grid: ``data``, ``wht``, optional ``err`` and ``con``.
+
+    ``meta.product_type`` is ``single``, ``median`` or ``drz``; ``meta.resample.inputs`` lists
+    the input chips in context-bit order (bit ``i % 32`` of plane ``i // 32`` of ``con``).
+    """
+
+    schema_url = _SCHEMA_PREFIX + "resampled.schema"

@@ -1,0 +1,160 @@
+"""Helpers shared by the readers: file checks, extension arrays, exposure metadata."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from ...exceptions import DrizzlepipeInputError
+from ..units import parse_bunit
+
+_SELECTOR = re.compile(r"^(?P<path>.+?)\[(?P<extname>[A-Za-z_]+)\s*,\s*(?P<extver>\d+)\]$")
+
+
+def split_selector(name):
+    """Split ``"f.fits[SCI,2]"`` into ``(Path("f.fits"), ("SCI", 2))``; without selector: None."""
+    text = str(name)
+    match = _SELECTOR.match(text)
+    if match is None:
+        return Path(text), None
+    return Path(match["path"]), (match["extname"].upper(), int(match["extver"]))
+
+
+def chip_member_name(path, extver):
+    """The association member name of one SCI extension: ``"/abs/file.fits[SCI,n]"``."""
+    return f"{Path(path)}[SCI,{extver}]"
+
+
+def file_kind(path):
+    """Return ``"fits"`` or ``"asdf"`` from the file's first bytes, or raise a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DrizzlepipeInputError(path, "file not found")
+    if not path.is_file():
+        raise DrizzlepipeInputError(path, "not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(80)
+    except OSError as exc:
+        raise DrizzlepipeInputError(path, f"cannot be read ({exc.strerror})") from None
+    if head.startswith(b"SIMPLE  ="):
+        return "fits"
+    if head.startswith(b"#ASDF"):
+        return "asdf"
+    raise DrizzlepipeInputError(path, "not a FITS or ASDF file")
+
+
+def open_fits(path):
+    """Open a FITS file read-only without memory mapping; unreadable files give a clear error."""
+    try:
+        return fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DrizzlepipeInputError(path, f"unreadable FITS file ({exc})") from None
+
+
+def image_array(hdu, path, extension, dtype, expected_shape=None):
+    """Return the 2-D array of an image HDU as ``dtype`` (a copy, so the file is never touched).
+
+    HST files store constant ERR/DQ arrays without data, as ``NPIX1``/``NPIX2``/``PIXVALUE``
+    keywords; those are expanded here.
+    """
+    header = hdu.header
+    data = hdu.data
+    if data is None and "PIXVALUE" in header and "NPIX1" in header and "NPIX2" in header:
+        shape = (int(header["NPIX2"]), int(header["NPIX1"]))
+        data = np.full(shape, header["PIXVALUE"], dtype=dtype)
+    if data is None:
+        raise DrizzlepipeInputError(path, "extension holds no data", extension)
+    if data.ndim != 2:
+        raise DrizzlepipeInputError(
+            path, f"expected a 2-D image, found {data.ndim} dimensions {data.shape}", extension
+        )
+    if expected_shape is not None and data.shape != tuple(expected_shape):
+        raise DrizzlepipeInputError(
+            path,
+            f"shape {data.shape} differs from the SCI shape {tuple(expected_shape)}",
+            extension,
+        )
+    if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(data.dtype, np.signedinteger):
+        # HST DQ is int16: reinterpret the bit pattern instead of sign-extending it.
+        unsigned = data.astype(data.dtype.newbyteorder("="), copy=False)
+        data = unsigned.view(unsigned.dtype.str.replace("i", "u"))
+    return np.array(data, dtype=dtype, copy=True)
+
+
+def celestial_wcs(header, path, extension, hdulist=None):
+    """Build an astropy WCS (SIP and lookup-table distortion included) or raise a clear error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, fobj=hdulist, relax=True)
+        except Exception as exc:  # astropy raises many types for broken WCS headers
+            raise DrizzlepipeInputError(path, f"invalid WCS ({exc})", extension) from None
+    if not wcs.has_celestial or wcs.naxis != 2:
+        raise DrizzlepipeInputError(path, "no celestial WCS (need RA/Dec CTYPEs)", extension)
+    return wcs
+
+
+def first_keyword(headers, names):
+    """Value of the first of ``names`` found in any of ``headers`` (in order), else None."""
+    for name in names:
+        for header in headers:
+            if header is not None and name in header and header[name] not in ("", None):
+                return header[name]
+    return None
+
+
+def exposure_time(headers, path, extension, names=("EXPTIME",), override=None):
+    """Exposure time in seconds from the first keyword found, or ``override``; must be > 0."""
+    value = override if override is not None else first_keyword(headers, names)
+    if value is None:
+        raise DrizzlepipeInputError(
+            path,
+            f"no exposure time (none of {', '.join(names)}); pass exptime= to state it",
+            extension,
+        )
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        problem = f"exposure time {value!r} is not a number"
+        raise DrizzlepipeInputError(path, problem, extension) from None
+    if not np.isfinite(value) or value <= 0:
+        raise DrizzlepipeInputError(
+            path, f"exposure time must be positive, found {value}", extension
+        )
+    return value
+
+
+def units_from(bunit, path, extension, override=None, override_electrons=True):
+    """Return ``(kind, in_electrons, bunit)`` from a BUNIT string or the user's statement."""
+    if override is not None:
+        if override not in ("counts", "countrate", "surface_brightness"):
+            raise DrizzlepipeInputError(
+                path,
+                f"units={override!r} is not one of counts, countrate, surface_brightness",
+                extension,
+            )
+        electrons = None if override == "surface_brightness" else override_electrons
+        return override, electrons, str(bunit) if bunit else override
+    if bunit is None or str(bunit).strip() == "":
+        raise DrizzlepipeInputError(
+            path, "no BUNIT keyword: units unknown; pass units= to state them", extension
+        )
+    try:
+        kind, electrons = parse_bunit(bunit)
+    except ValueError:
+        raise DrizzlepipeInputError(
+            path, f"unknown units BUNIT={bunit!r}; pass units= to state them", extension
+        ) from None
+    return kind, electrons, str(bunit)
+
+
+def mean_nonzero(values):
+    """Mean of the non-zero, finite values (AstroDrizzle's gain/read-noise rule); None if none."""
+    good = [float(v) for v in values if v is not None and np.isfinite(float(v)) and float(v) != 0]
+    return float(np.mean(good)) if good else None

@@ -1,0 +1,134 @@
+"""Reader for JWST level-2 ``_cal`` images through ``stdatamodels.jwst``.
+
+The JWST model keeps its gwcs, surface-brightness units (MJy/sr), ERR and VAR_* arrays; sky
+bookkeeping (``meta.background``) and the DQ convention (DO_NOT_USE, OUTLIER) carry over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...exceptions import DrizzlepipeInputError
+from ..models import ImageModel
+from ._common import units_from
+
+__all__ = ["is_jwst", "read_jwst_image", "convert_jwst_model"]
+
+
+def is_jwst(primary_header):
+    """True for files whose primary header says TELESCOP = 'JWST'."""
+    return str(primary_header.get("TELESCOP", "")).strip().upper() == "JWST"
+
+
+def read_jwst_image(path, *, units=None, exptime=None):
+    """Open a JWST ``_cal`` image file and convert it to an :class:`ImageModel`."""
+    from stdatamodels.jwst import datamodels as jwst_datamodels
+
+    path = Path(path)
+    try:
+        jwst_model = jwst_datamodels.open(str(path))
+    except Exception as exc:  # stdatamodels raises many types for broken files
+        raise DrizzlepipeInputError(path, f"not a readable JWST datamodel ({exc})") from None
+    with jwst_model:
+        return convert_jwst_model(jwst_model, path, units=units, exptime=exptime)
+
+
+def _jwst_group_id(meta, fallback):
+    """JWST's exposure grouping: program, observation, visit, visit group, sequence, activity,
+    exposure (as ``jwst.datamodels.utils.group_id``); chips (detectors) of one exposure share it.
+    """
+    observation = meta.observation
+    parts = [
+        getattr(observation, name, None)
+        for name in (
+            "program_number",
+            "observation_number",
+            "visit_number",
+            "visit_group",
+            "sequence_id",
+            "activity_id",
+            "exposure_number",
+        )
+    ]
+    if any(part is None for part in parts):
+        return fallback
+    return "jw{}{}{}_{}{}{}_{}".format(*parts)
+
+
+def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None):
+    """Convert an in-memory ``stdatamodels.jwst`` ImageModel into our :class:`ImageModel`."""
+    name = path if path is not None else (jwst_model.meta.filename or "jwst_model")
+    path = Path(name)
+    ext = "SCI"
+    data = getattr(jwst_model, "data", None)
+    if data is None or np.ndim(data) != 2:
+        raise DrizzlepipeInputError(path, "not a 2-D image model", ext)
+    shape = data.shape
+    for array_name in ("dq", "err", "var_rnoise", "var_poisson"):
+        array = getattr(jwst_model, array_name, None)
+        if array is not None and array.shape != shape:
+            raise DrizzlepipeInputError(
+                path, f"shape {array.shape} differs from the SCI shape {shape}", array_name.upper()
+            )
+    meta_in = jwst_model.meta
+    wcs = getattr(meta_in, "wcs", None)
+    if wcs is None:
+        raise DrizzlepipeInputError(path, "no WCS in meta.wcs (run assign_wcs first)", ext)
+    exposure = meta_in.exposure
+    exp = exptime
+    if exp is None:
+        for attr in ("exposure_time", "effective_exposure_time", "measurement_time"):
+            exp = getattr(exposure, attr, None)
+            if exp is not None:
+                break
+    if exp is None or not np.isfinite(exp) or exp <= 0:
+        raise DrizzlepipeInputError(path, f"no positive exposure time (found {exp})", ext)
+    kind, electrons, bunit = units_from(getattr(meta_in, "bunit_data", None), path, ext, units)
+
+    err = getattr(jwst_model, "err", None)
+    model = ImageModel(
+        data=np.asarray(data, np.float32),
+        dq=np.asarray(getattr(jwst_model, "dq", np.zeros(shape)), np.uint32),
+        err=np.asarray(err if err is not None else np.zeros(shape), np.float32),
+    )
+    for array_name in ("var_rnoise", "var_poisson"):
+        array = getattr(jwst_model, array_name, None)
+        if array is not None and np.size(array):
+            setattr(model, array_name, np.asarray(array, np.float32))
+    meta = model.meta
+    meta.filename = path.name
+    meta.telescope = "JWST"
+    meta.instrument.name = str(meta_in.instrument.name or "")
+    meta.instrument.detector = str(meta_in.instrument.detector or "")
+    if meta_in.instrument.filter:
+        meta.instrument.filter = str(meta_in.instrument.filter)
+    meta.chip = 1
+    meta.wcs = wcs
+    meta.exposure.exptime = float(exp)
+    if exposure.start_time is not None:
+        meta.exposure.start = float(exposure.start_time)
+    if exposure.end_time is not None:
+        meta.exposure.end = float(exposure.end_time)
+    meta.units = kind
+    meta.bunit = bunit
+    meta.detector.in_electrons = bool(electrons) if electrons is not None else True
+    meta.detector.gain = 1.0
+    meta.detector.readnoise = 0.0
+    meta.detector.readout_direction = 0
+    area = getattr(meta_in.photometry, "pixelarea_arcsecsq", None)
+    if area:
+        meta.detector.pixel_scale = float(np.sqrt(area))
+    meta.dq_convention = "jwst"
+    meta.has_err = err is not None
+    background = meta_in.background
+    meta.background.level = float(background.level) if background.level is not None else 0.0
+    meta.background.subtracted = bool(background.subtracted) if background.subtracted else False
+    meta.group_id = str(
+        getattr(meta_in, "group_id", None) or _jwst_group_id(meta_in, path.name.split("_cal")[0])
+    )
+    meta.source.path = str(path.resolve()) if path.exists() else str(path)
+    meta.source.format = "jwst"
+    meta.source.extension = ext
+    return model

@@ -1,0 +1,13 @@
+"""stpipe entry point: the steps and pipelines drizzlepipe provides.
+
+The list is static so that ``stpipe list`` and ``strun`` do not import the step modules;
+``tests/test_integration.py`` checks it against the classes' ``class_alias``.
+"""
+
+# (fully qualified class name, class_alias, is_pipeline); entries are added as the steps land.
+STEPS = []
+
+
+def get_steps():
+    """Return ``[(class path, alias, is_pipeline), ...]`` for stpipe's ``stpipe.steps`` group."""
+    return list(STEPS)

@@ -1,0 +1,5 @@
+"""stpipe Pipelines composing the drizzlepipe steps."""
+
+from .base import DrizPipeline
+
+__all__ = ["DrizPipeline"]

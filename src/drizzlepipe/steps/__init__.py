@@ -1,0 +1,5 @@
+"""stpipe Steps: thin orchestration over drizzlepipe.algorithms."""
+
+from .base import DrizStep
+
+__all__ = ["DrizStep"]

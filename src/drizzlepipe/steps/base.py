@@ -1,0 +1,98 @@
+"""The stpipe base class of every drizzlepipe step.
+
+:class:`DrizStep` gives stpipe what it needs without CRDS: a default ``output_ext``, an
+opener that uses drizzlepipe's readers, a parameter lookup that never leaves the machine
+(defaults < parameter file < command line/keywords), and the package's loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from stpipe import Step
+
+from ..datamodels import DrizDataModel, ModelLibrary, open_path
+from ..datamodels.readers import product_model_type
+
+__all__ = ["DrizStep", "KNOWN_SUFFIXES", "open_step_input"]
+
+log = logging.getLogger(__name__)
+
+#: Suffixes drizzlepipe writes; stripped from input names so re-runs do not pile them up.
+KNOWN_SUFFIXES = (
+    "staticmask",
+    "skysub",
+    "single",
+    "med",
+    "median",
+    "blot",
+    "crmask",
+    "crclean",
+    "crf",
+    "drz",
+    "drc",
+    "single_sci",
+    "single_wht",
+)
+
+
+def open_step_input(init, **kwargs):
+    """Open what a step was given: a model or library passes through; a product file opens
+    as its model; anything else (file, list, glob, ``@file``, association) becomes a
+    :class:`ModelLibrary` of chips.
+    """
+    if isinstance(init, (DrizDataModel, ModelLibrary)):
+        return init
+    if isinstance(init, (str, Path)) and product_model_type(init) == "ResampledModel":
+        return open_path(init)
+    return ModelLibrary(init, **kwargs)
+
+
+class DrizStep(Step):
+    """Base class of drizzlepipe's steps (stpipe ``Step`` without CRDS)."""
+
+    spec = """
+    output_ext = string(default='.fits')  # File type of saved products (.fits or .asdf)
+    """
+
+    # drizzlepipe has no reference files: nothing to prefetch from CRDS.
+    prefetch_references = False
+
+    @classmethod
+    def _datamodels_open(cls, init, **kwargs):
+        return open_step_input(init, **kwargs)
+
+    @classmethod
+    def _get_crds_parameters(cls, dataset):
+        # Never open the input just to ask CRDS: there is no CRDS lookup.
+        return {}, "drizzlepipe"
+
+    @classmethod
+    def _get_config_from_parameters(cls, crds_parameters, crds_observatory):
+        # Parameters come from the spec defaults, parameter files and the command line only.
+        return cls._empty_config()
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Loggers stpipe configures for drizzlepipe runs."""
+        return ("drizzlepipe", "stpipe", "stdatamodels", "py.warnings")
+
+    @staticmethod
+    def remove_suffix(name):
+        """Strip one known drizzlepipe suffix (``_single``, ``_crf``, ...) from ``name``."""
+        for suffix in sorted(KNOWN_SUFFIXES, key=len, reverse=True):
+            if name.endswith("_" + suffix):
+                return name[: -len(suffix) - 1], "_"
+        return name, "_"
+
+    def prepare_library(self, init, on_disk=False):
+        """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged)."""
+        if isinstance(init, ModelLibrary):
+            return init
+        return ModelLibrary(init, on_disk=on_disk)
+
+    def record_step_status(self, model, status="COMPLETE"):
+        """Write this step's status into ``model.meta.cal_step.<class_alias>``."""
+        if self.class_alias:
+            setattr(model.meta.cal_step, self.class_alias, status)

@@ -1,0 +1,101 @@
+"""Step inputs: single file, list, glob, @file and association JSON become a ModelLibrary."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import drizzlepipe.datamodels as dm
+from drizzlepipe.datamodels import ModelLibrary
+from fitsfactory import make_hst_flt, make_plain_fits
+
+
+@pytest.fixture
+def exposures(tmp_path):
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"jexp0{i}aq_flt.fits"
+        make_hst_flt(path, chips=2, rootname=f"jexp0{i}aq", seed=i)
+        paths.append(path)
+    return paths
+
+
+def _chips(library):
+    with library:
+        out = []
+        for index in range(len(library)):
+            model = library.borrow(index)
+            out.append((model.meta.group_id, model.meta.chip, float(model.data[0, 0])))
+            library.shelve(model, index, modify=False)
+    return out
+
+
+def test_every_input_form_gives_the_same_chips(tmp_path, exposures):
+    listfile = tmp_path / "inputs.lst"
+    listfile.write_text("# my exposures\n" + "\n".join(p.name for p in exposures) + "\n")
+    asn = {
+        "asn_id": "test",
+        "products": [
+            {
+                "name": "mymosaic",
+                "members": [{"expname": p.name, "exptype": "science"} for p in exposures]
+                + [{"expname": "jbackground_flt.fits", "exptype": "background"}],
+            }
+        ],
+    }
+    asn_path = tmp_path / "asn.json"
+    asn_path.write_text(json.dumps(asn))
+    forms = [
+        [str(p) for p in exposures],
+        str(tmp_path / "jexp*_flt.fits"),
+        f"@{listfile}",
+        str(asn_path),
+    ]
+    results = [_chips(ModelLibrary(form)) for form in forms]
+    assert len(results[0]) == 6  # 3 exposures x 2 chips
+    for result in results[1:]:
+        assert result == results[0]
+    library = ModelLibrary(str(asn_path))
+    assert library.product_name == "mymosaic"
+    # Chips of one exposure share a group; exposures are separate groups.
+    assert library.group_indices == {"jexp00aq": [0, 1], "jexp01aq": [2, 3], "jexp02aq": [4, 5]}
+
+
+def test_single_file_and_list_of_models(tmp_path, exposures):
+    library = ModelLibrary(str(exposures[0]))
+    assert len(library) == 2
+    models = dm.open(exposures[1]) + [dm.open(exposures[2])]
+    library = ModelLibrary(models)
+    assert len(library) == 4
+    assert sorted(library.group_names) == ["jexp01aq", "jexp02aq"]
+
+
+def test_plain_fits_members_get_their_own_groups(tmp_path):
+    paths = []
+    for name in ("a.fits", "b.fits"):
+        make_plain_fits(tmp_path / name)
+        paths.append(tmp_path / name)
+    library = ModelLibrary([str(p) for p in paths])
+    assert library.group_indices == {"a": [0], "b": [1]}
+
+
+def test_on_disk_library_keeps_changes_in_temporary_files_not_inputs(tmp_path, exposures):
+    original = exposures[0].read_bytes()
+    library = ModelLibrary(
+        [str(p) for p in exposures], on_disk=True, temp_directory=tmp_path / "scratch"
+    )
+    (tmp_path / "scratch").mkdir()
+    with library:
+        model = library.borrow(0)
+        model.data[0, 0] = -12345.0
+        model.dq[1, 1] = 4096
+        library.shelve(model, 0, modify=True)
+    with library:
+        model = library.borrow(0)
+        assert model.data[0, 0] == -12345.0 and model.dq[1, 1] == 4096
+        library.shelve(model, 0, modify=False)
+    assert exposures[0].read_bytes() == original
+    saved = list((tmp_path / "scratch").rglob("*.asdf"))
+    assert len(saved) == 1 and np.all(np.isfinite(dm.open(saved[0]).data))
