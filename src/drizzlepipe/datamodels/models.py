@@ -31,7 +31,7 @@ __all__ = ["DrizDataModel", "ImageModel", "ResampledModel"]
 _SCHEMA_PREFIX = "http://drizzlepipe.org/schemas/"
 
 #: Array attributes of our models.
-_ARRAY_NAMES = ("data", "dq", "err", "var_rnoise", "var_poisson", "wht", "con")
+_ARRAY_NAMES = ("data", "dq", "err", "var_rnoise", "var_poisson", "static_mask", "wht", "con")
 
 #: FITS extensions of a product that get the image WCS in their header.
 _WCS_EXTENSIONS = ("SCI", "ERR", "DQ", "WHT", "CTX", "VAR_RNOISE", "VAR_POISSON")

@@ -15,7 +15,7 @@ from stpipe import Step
 from ..datamodels import DrizDataModel, ModelLibrary, open_path
 from ..datamodels.readers import product_model_type
 
-__all__ = ["DrizStep", "KNOWN_SUFFIXES", "open_step_input"]
+__all__ = ["DrizStep", "KNOWN_SUFFIXES", "exposure_root", "open_step_input"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,24 @@ KNOWN_SUFFIXES = (
     "single_sci",
     "single_wht",
 )
+
+
+#: Suffixes of calibrated exposures (HST, JWST) removed to get an exposure's root name.
+INPUT_SUFFIXES = ("flt", "flc", "c0m", "c0f", "cal", "crf", "rate", "calints")
+
+
+def exposure_root(filename):
+    """Root name of an exposure file: ``j8bt06nyq_flt.fits`` -> ``j8bt06nyq`` (as AstroDrizzle's
+    ``buildNewRootname``), ``jw..._nrcb1_cal.fits`` -> ``jw..._nrcb1``."""
+    stem = Path(str(filename)).name
+    for ext in (".fits", ".asdf", ".fit"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    for suffix in sorted(INPUT_SUFFIXES + KNOWN_SUFFIXES, key=len, reverse=True):
+        if stem.endswith("_" + suffix):
+            return stem[: -len(suffix) - 1]
+    return stem
 
 
 def open_step_input(init, **kwargs):
@@ -85,6 +103,36 @@ class DrizStep(Step):
             if name.endswith("_" + suffix):
                 return name[: -len(suffix) - 1], "_"
         return name, "_"
+
+    def save_model(self, model, *args, force=False, **kwargs):
+        """stpipe calls this after ``process`` when ``save_results`` is set.
+
+        drizzlepipe steps write their products themselves inside ``process`` with
+        AstroDrizzle-like names (``<root>_single.fits``, ``<product>_drz.fits``, ...), so the
+        automatic save of the returned object is skipped; ``force=True`` still saves.
+        """
+        if not force:
+            return None
+        return super().save_model(model, *args, force=force, **kwargs)
+
+    def product_name(self, library=None):
+        """Root name of combined products: ``output_file`` (without extension and known
+        suffix), else the association's product name, else ``"final"`` (as AstroDrizzle)."""
+        output_file = self.search_attr("output_file")
+        if output_file:
+            stem = Path(str(output_file)).name
+            for ext in (".fits", ".asdf"):
+                if stem.lower().endswith(ext):
+                    stem = stem[: -len(ext)]
+            return self.remove_suffix(stem)[0]
+        name = getattr(library, "product_name", None)
+        return name or "final"
+
+    def product_path(self, root, suffix):
+        """``<output_dir>/<root>_<suffix><output_ext>`` (output_dir searched up the parents)."""
+        output_dir = self.search_attr("output_dir") or ""
+        ext = self.output_ext if self.output_ext.startswith(".") else f".{self.output_ext}"
+        return str(Path(output_dir) / f"{root}_{suffix}{ext}")
 
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged)."""
