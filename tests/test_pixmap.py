@@ -1,0 +1,218 @@
+"""Tests of drizzlepipe.algorithms.pixmap: exact and interpolated pixel maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from drizzlepipe.algorithms.pixmap import (
+    compute_pixmap,
+    pixmap_extent,
+    pixmap_input_pixel_size,
+)
+
+# ACS/HRC j8bt06nyq SCI,1 WCS (TAN-SIP order 4), copied from the exposure's header.
+HRC_SHAPE = (1024, 1024)
+HRC_SIP_HEADER = {
+    "CRPIX1": 512.0,
+    "CRPIX2": 512.0,
+    "CRVAL1": 6.027148333333,
+    "CRVAL2": -72.08351111111,
+    "CTYPE1": "RA---TAN-SIP",
+    "CTYPE2": "DEC--TAN-SIP",
+    "CD1_1": -7.3535609772738e-06,
+    "CD1_2": 1.85500817048893e-06,
+    "CD2_1": 2.88105626539018e-06,
+    "CD2_2": 6.6471909391056e-06,
+    "A_ORDER": 4,
+    "B_ORDER": 4,
+    "A_0_2": -7.0889395968097e-07,
+    "A_0_3": -1.8815236170312e-11,
+    "A_0_4": 3.52663128667526e-14,
+    "A_1_1": 9.01865480733676e-06,
+    "A_1_2": 4.10095454377589e-10,
+    "A_1_3": -1.8416520384227e-13,
+    "A_2_0": -3.3163602099644e-06,
+    "A_2_1": -2.9240036454705e-11,
+    "A_2_2": -1.3458234665785e-12,
+    "A_3_0": 9.65774472432314e-11,
+    "A_3_1": -2.2242752420711e-12,
+    "A_4_0": 3.23745227404317e-13,
+    "B_0_2": 1.1507696520549e-05,
+    "B_0_3": 7.3589451602895e-10,
+    "B_0_4": -1.2780970907036e-12,
+    "B_1_1": -2.6697404172385e-06,
+    "B_1_2": -6.3116444335245e-10,
+    "B_1_3": -5.3932063162612e-13,
+    "B_2_0": 2.00059877639217e-06,
+    "B_2_1": 3.02073232258143e-10,
+    "B_2_2": 9.93387657260949e-13,
+    "B_3_0": 4.48761161830502e-10,
+    "B_3_1": -1.306503280771e-12,
+    "B_4_0": 2.66823917315528e-13,
+}
+
+
+def hrc_wcs():
+    wcs = WCS(fits.Header(HRC_SIP_HEADER))
+    wcs.pixel_shape = HRC_SHAPE[::-1]
+    return wcs
+
+
+def tan_wcs(*, crval=(6.03, -72.08), crpix=(600.0, 600.0), scale=0.025, rotation=0.0):
+    theta = math.radians(rotation)
+    s = scale / 3600
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = crval
+    wcs.wcs.crpix = crpix
+    wcs.wcs.cd = s * np.array(
+        [[-math.cos(theta), math.sin(theta)], [math.sin(theta), math.cos(theta)]]
+    )
+    return wcs
+
+
+def tan_gwcs(*, crval, crpix, scale, bounding_box=None):
+    """gwcs equivalent of :func:`tan_wcs` (rotation 0); ``crpix`` FITS 1-based."""
+    gwcs_wcs = pytest.importorskip("gwcs.wcs")
+    from astropy import coordinates as coord
+    from astropy.modeling import models
+    from gwcs import coordinate_frames as cf
+
+    s = scale / 3600
+    transform = (
+        (models.Shift(-(crpix[0] - 1)) & models.Shift(-(crpix[1] - 1)))
+        | models.AffineTransformation2D(matrix=[[-s, 0], [0, s]])
+        | models.Pix2Sky_TAN()
+        | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
+    )
+    detector = cf.Frame2D(name="detector")
+    sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world")
+    wcs = gwcs_wcs.WCS([(detector, transform), (sky, None)])
+    if bounding_box is not None:
+        wcs.bounding_box = bounding_box
+    return wcs
+
+
+def test_exact_map_of_a_shift_is_the_shift():
+    # same tangent plane, CRPIX differs by (12.25, -3.5): pixel x -> x + 12.25, y -> y - 3.5
+    chip = tan_wcs(crpix=(50.0, 40.0))
+    grid = tan_wcs(crpix=(62.25, 36.5))
+    pixmap = compute_pixmap(chip, (30, 45), grid)
+    y, x = np.indices((30, 45))
+    assert pixmap.shape == (30, 45, 2) and pixmap.dtype == np.float64
+    assert pixmap.flags.c_contiguous
+    # TAN -> sky -> TAN round trip: ~1e-9 px of float64 rounding
+    assert np.abs(pixmap[..., 0] - (x + 12.25)).max() < 1e-7
+    assert np.abs(pixmap[..., 1] - (y - 3.5)).max() < 1e-7
+
+
+def test_exact_map_equals_drizzle_calc_pixmap():
+    from drizzle.utils import calc_pixmap
+
+    chip = hrc_wcs()
+    grid = tan_wcs(rotation=15.0)
+    shape = (200, 300)  # a corner of the chip is enough and keeps the test fast
+    ours = compute_pixmap(chip, shape, grid, stepsize=1)
+    theirs = calc_pixmap(chip, grid, shape=shape)
+    assert np.abs(ours - theirs).max() < 1e-9  # same arithmetic, evaluated in blocks
+
+
+@pytest.mark.parametrize(("stepsize", "tolerance"), [(10, 1e-6), (50, 1e-4)])
+def test_interpolated_map_of_distorted_chip_is_accurate(stepsize, tolerance):
+    # Measured on this chip: 1e-8 px at stepsize 10, 1e-6 px at 50 (bench/resample_kernels.py
+    # gives the same on a WFC3/UVIS chip); the tolerances leave two orders of magnitude.
+    chip = hrc_wcs()
+    grid = tan_wcs(rotation=15.0)
+    exact = compute_pixmap(chip, HRC_SHAPE, grid, stepsize=1)
+    interpolated = compute_pixmap(chip, HRC_SHAPE, grid, stepsize=stepsize)
+    assert np.abs(interpolated - exact).max() < tolerance
+
+
+def test_last_row_and_column_are_nodes():
+    # 517 and 333 are not multiples of the step: the last row/column must still be exact nodes
+    chip = hrc_wcs()
+    grid = tan_wcs()
+    shape = (333, 517)
+    exact = compute_pixmap(chip, shape, grid, stepsize=1)
+    interpolated = compute_pixmap(chip, shape, grid, stepsize=25)
+    node_columns = np.r_[np.arange(0, 517, 25), 516]
+    node_rows = np.r_[np.arange(0, 333, 25), 332]
+    # nodes are interpolated exactly (spline through the points: only rounding, 1e-9 px)
+    assert np.abs(interpolated[-1, node_columns] - exact[-1, node_columns]).max() < 1e-9
+    assert np.abs(interpolated[node_rows, -1] - exact[node_rows, -1]).max() < 1e-9
+    # and the edges are interpolated, not extrapolated: as accurate as the interior (1e-7 here)
+    assert np.abs(interpolated[-1] - exact[-1]).max() < 1e-6
+    assert np.abs(interpolated[:, -1] - exact[:, -1]).max() < 1e-6
+
+
+def test_small_chip_is_evaluated_exactly():
+    chip = hrc_wcs()
+    grid = tan_wcs()
+    exact = compute_pixmap(chip, (3, 40), grid, stepsize=1)
+    assert np.array_equal(compute_pixmap(chip, (3, 40), grid, stepsize=10), exact)
+
+
+def test_gwcs_output_grid_matches_astropy_and_ignores_its_bounding_box():
+    crval, crpix, scale = (6.03, -72.08), (600.0, 600.0), 0.025
+    # the gwcs grid's bounding box covers only part of where the chip lands
+    grid = tan_gwcs(
+        crval=crval, crpix=crpix, scale=scale, bounding_box=((-0.5, 99.5), (-0.5, 99.5))
+    )
+    reference = tan_wcs(crval=crval, crpix=crpix, scale=scale)
+    chip = hrc_wcs()
+    shape = (120, 160)
+    ours = compute_pixmap(chip, shape, grid, stepsize=10)
+    expected = compute_pixmap(chip, shape, reference, stepsize=1)
+    assert np.all(np.isfinite(ours))  # pixels outside the grid's bounding box keep positions
+    assert np.abs(ours - expected).max() < 1e-6
+    assert grid.bounding_box is not None  # and the grid object was not modified
+
+
+def test_undefined_input_pixels_are_nan_and_force_exact_evaluation():
+    # an input gwcs defined only on x <= 59.5: pixels beyond have no sky position
+    chip = tan_gwcs(
+        crval=(6.03, -72.08),
+        crpix=(40.0, 30.0),
+        scale=0.025,
+        bounding_box=((-0.5, 59.5), (-0.5, 79.5)),
+    )
+    grid = tan_wcs(crpix=(50.0, 50.0))
+    pixmap = compute_pixmap(chip, (60, 100), grid, stepsize=10)
+    assert np.all(np.isnan(pixmap[:, 60:]))
+    assert np.all(np.isfinite(pixmap[:, :60]))
+    y, x = np.indices((60, 60))
+    assert np.abs(pixmap[:, :60, 0] - (x + 10)).max() < 1e-7
+    assert np.abs(pixmap[:, :60, 1] - (y + 20)).max() < 1e-7
+
+
+@pytest.mark.parametrize("stepsize", [0, -3, 2.5, True])
+def test_invalid_stepsize(stepsize):
+    with pytest.raises(ValueError, match="stepsize"):
+        compute_pixmap(tan_wcs(), (10, 10), tan_wcs(), stepsize=stepsize)
+
+
+def test_axis_order_mismatch_is_rejected():
+    swapped = WCS(naxis=2)
+    swapped.wcs.ctype = ["DEC--TAN", "RA---TAN"]
+    swapped.wcs.crval = [-72.08, 6.03]
+    swapped.wcs.cd = [[2e-6, 0], [0, 2e-6]]
+    with pytest.raises(ValueError, match="axis orders"):
+        compute_pixmap(tan_wcs(), (10, 10), swapped)
+
+
+def test_extent_and_input_pixel_size():
+    # output pixels twice as large: an input pixel is half an output pixel
+    chip = tan_wcs(crpix=(20.0, 20.0), scale=0.025)
+    grid = tan_wcs(crpix=(5.0, 5.0), scale=0.05)
+    pixmap = compute_pixmap(chip, (40, 60), grid)
+    assert pixmap_input_pixel_size(pixmap) == pytest.approx(0.5, rel=1e-6)
+    x_min, x_max, y_min, y_max = pixmap_extent(pixmap)
+    # pixel (0, 0) lands at 4 + (0 - 19) / 2 = -5.5; pixel 59 at 4 + 40 / 2 = 24.0
+    assert (x_min, x_max) == pytest.approx((-5.5, 24.0), abs=1e-6)
+    assert (y_min, y_max) == pytest.approx((-5.5, 14.0), abs=1e-6)
+    assert pixmap_extent(np.full((3, 3, 2), np.nan)) is None
