@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from drizzlepipe import __version__
 from drizzlepipe.integration import get_steps
 from drizzlepipe.steps.base import DrizStep
 from fitsfactory import make_hst_flt
@@ -102,6 +103,20 @@ def test_strun_runs_a_step_offline_with_a_parameter_file(tmp_path):
     assert match is not None, run.stderr
     assert float(match[1]) == pytest.approx(500.0, rel=0.01)
     assert not (tmp_path / "crds_cache").exists()
+
+
+def test_strun_version_and_stpipe_list_show_drizzlepipe(tmp_path):
+    env = _offline_env(tmp_path)
+    version = subprocess.run(
+        [str(BIN / "strun"), "--version"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert f"drizzlepipe: {__version__}" in version.stdout + version.stderr
+    listing = subprocess.run(
+        [str(BIN / "stpipe"), "list"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert listing.returncode == 0, listing.stderr
+    for class_path, alias, _ in get_steps():
+        assert f"{class_path} ({alias})" in listing.stdout
 
 
 def test_unknown_parameter_is_rejected():

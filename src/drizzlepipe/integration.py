@@ -5,7 +5,12 @@ The list is static so that ``stpipe list`` and ``strun`` do not import the step 
 """
 
 # (fully qualified class name, class_alias, is_pipeline); entries are added as the steps land.
-STEPS = []
+STEPS = [
+    ("drizzlepipe.steps.DrizSeparateStep", "driz_separate", False),
+    ("drizzlepipe.steps.CreateMedianStep", "create_median", False),
+    ("drizzlepipe.steps.BlotCRStep", "blot_cr", False),
+    ("drizzlepipe.steps.DrizFinalStep", "driz_final", False),
+]
 
 
 def get_steps():

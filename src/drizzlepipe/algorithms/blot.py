@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 from drizzle.resample import blot_image
+from scipy import ndimage
 
 from drizzlepipe.algorithms.pixmap import compute_pixmap
 
@@ -45,6 +46,7 @@ __all__ = [
     "blot",
     "blot_intensity_scale",
     "blot_pixmap",
+    "fill_holes",
 ]
 
 # Our names (AstroDrizzle's, and drizzle's spellings of the lanczos ones) -> drizzle 3.0 names.
@@ -192,3 +194,35 @@ def blot_intensity_scale(*, exptime: float, chip_units: str, pixel_area_ratio: f
     if chip_units == "cps":
         return 1.0 / pixel_area_ratio
     raise ValueError(f"chip_units must be 'counts' or 'cps', got {chip_units!r}")
+
+
+def fill_holes(image):
+    """Fill non-finite pixels of a product with their nearest finite neighbour, for blotting.
+
+    The interpolants read a 2 x 2 to 6 x 6 stencil, so a single NaN (a pixel of the median
+    without any good input) would spread NaN to every chip pixel around it, and chip pixels at
+    the edge of the coverage would never be checked for cosmic rays. Blotting the filled image
+    and discarding only the chip pixels whose *nearest* product pixel is a hole keeps those.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D product with NaN (or inf) where it has no data.
+
+    Returns
+    -------
+    filled : numpy.ndarray
+        float32 copy with every non-finite pixel replaced by its nearest finite neighbour
+        (unchanged image when all are finite; all-zero when none is).
+    holes : numpy.ndarray or None
+        float32 map, 1 at the holes and 0 elsewhere, or None when there are none.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    invalid = ~np.isfinite(image)
+    if not invalid.any():
+        return image, None
+    if invalid.all():
+        return np.zeros_like(image), invalid.astype(np.float32)
+    nearest = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
+    filled = image[tuple(nearest)]
+    return filled, invalid.astype(np.float32)

@@ -1,0 +1,226 @@
+"""Orchestration shared by the DrizSeparate and DrizFinal steps: the output grid from the step
+parameters, and turning a chip model into what the drizzle accumulator takes.
+
+Units: every chip is drizzled as a *rate per output pixel*: electrons/s for counts and count
+rates (DN are multiplied by the gain), unchanged for surface brightness (MJy/sr), which is
+independent of pixel area. The sky (``meta.background.level``, when not yet subtracted) is
+subtracted on the fly; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+
+from ..algorithms.grid import default_output_grid, grid_from_reference, pixel_scale
+from ..algorithms.pixmap import compute_pixmap
+from ..algorithms.resample import pixel_area_ratio
+from ..datamodels import dqflags, open_path
+from ..datamodels.readers._common import celestial_wcs
+from ..exceptions import DrizzlepipeInputError
+
+__all__ = ["GRID_SPEC", "DRIZZLE_KERNELS", "OutputGridMaker", "PreparedChip", "prepare_chip"]
+
+log = logging.getLogger(__name__)
+
+DRIZZLE_KERNELS = "option('square', 'point', 'turbo', 'gaussian', 'lanczos3'"
+
+#: Output-grid parameters shared by the drizzle steps (names as JWST's resample).
+GRID_SPEC = """
+    rotation = float(default=None)  # Position angle of output +Y [deg], 0 = north up; None: first chip's
+    pixel_scale = float(default=None)  # Output pixel scale [arcsec]; None: first chip's undistorted scale x ratio
+    pixel_scale_ratio = float(default=1.0)  # Output/input pixel-scale ratio (ignored with pixel_scale)
+    output_shape = int_list(min=2, max=2, default=None)  # Output shape [nx, ny]; None: covers every chip
+    crval = float_list(min=2, max=2, default=None)  # RA, Dec [deg] of the reference pixel
+    crpix = float_list(min=2, max=2, default=None)  # Reference pixel [x, y] (FITS, 1-based)
+    refimage = string(default=None)  # Image (FITS/ASDF) whose WCS and shape define the grid
+    stepsize = integer(default=10, min=1)  # Evaluate the WCS every stepsize pixels and interpolate
+"""  # noqa: E501
+
+
+def parse_fillval(value):
+    """``None``/``"INDEF"`` -> 0.0 (nothing filled: untouched pixels stay 0), ``"NaN"`` -> NaN,
+    numbers -> float."""
+    if value is None:
+        return 0.0
+    text = str(value).strip()
+    if text.upper() in ("", "NONE", "INDEF"):
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"fillval must be a number, 'NaN' or 'INDEF', got {value!r}") from None
+
+
+def _refimage_grid(path):
+    opened = open_path(path) if str(path).lower().endswith(".asdf") else None
+    if opened is not None:
+        return grid_from_reference(opened.meta.wcs, opened.data.shape)
+    try:
+        with fits.open(path) as hdulist:
+            for index, hdu in enumerate(hdulist):
+                if hdu.header.get("NAXIS", 0) == 2 and "CTYPE1" in hdu.header:
+                    wcs = celestial_wcs(hdu.header, path, str(index), hdulist)
+                    shape = (hdu.header["NAXIS2"], hdu.header["NAXIS1"])
+                    return grid_from_reference(wcs, shape)
+    except OSError as exc:
+        raise DrizzlepipeInputError(path, f"refimage cannot be read ({exc})") from None
+    raise DrizzlepipeInputError(path, "refimage has no 2-D image with a celestial WCS")
+
+
+@dataclass
+class OutputGridMaker:
+    """The grid parameters of a drizzle step."""
+
+    rotation: float | None = None
+    pixel_scale: float | None = None
+    pixel_scale_ratio: float = 1.0
+    output_shape: tuple[int, int] | None = None  # [nx, ny] as given by the user
+    crval: tuple[float, float] | None = None
+    crpix: tuple[float, float] | None = None
+    refimage: str | None = None
+
+    @classmethod
+    def from_step(cls, step):
+        """Read the :data:`GRID_SPEC` parameters of ``step``."""
+        return cls(
+            rotation=step.rotation,
+            pixel_scale=step.pixel_scale,
+            pixel_scale_ratio=step.pixel_scale_ratio,
+            output_shape=step.output_shape,
+            crval=step.crval,
+            crpix=step.crpix,
+            refimage=step.refimage,
+        )
+
+    def make(self, library):
+        """Build the grid for the chips of ``library`` (reads only their WCS and shapes)."""
+        if self.refimage:
+            return _refimage_grid(self.refimage)
+        wcs_list, shapes, reference_scale = [], [], None
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                wcs_list.append(model.meta.wcs)
+                shapes.append(model.data.shape)
+                if index == 0:
+                    reference_scale = model.meta.detector.pixel_scale
+                library.shelve(model, index, modify=False)
+        shape = None if self.output_shape is None else (self.output_shape[1], self.output_shape[0])
+        return default_output_grid(
+            wcs_list,
+            shapes,
+            rotation=self.rotation,
+            pixel_scale=self.pixel_scale,
+            pixel_scale_ratio=self.pixel_scale_ratio if self.pixel_scale is None else 1.0,
+            output_shape=shape,
+            crval=self.crval,
+            crpix=self.crpix,
+            reference_scale=reference_scale,
+        )
+
+
+@dataclass
+class PreparedChip:
+    """One chip ready for :meth:`DrizzleAccumulator.add_chip` (all arrays are new)."""
+
+    data: np.ndarray
+    bad_mask: np.ndarray
+    variance: np.ndarray | None
+    in_units: str
+    exptime: float
+    iscale: float
+    pixel_scale_ratio: float
+    pixmap: np.ndarray
+    label: str
+
+
+def chip_label(model):
+    """``file[SCI,n]`` for messages and context bookkeeping."""
+    extension = model.meta.source.extension or f"SCI,{model.meta.chip or 1}"
+    return f"{model.meta.filename}[{extension}]"
+
+
+def electrons_factor(model):
+    """Factor to electrons (or to the unit of surface brightness) from the chip's data units."""
+    if model.meta.units == "surface_brightness" or model.meta.detector.in_electrons in (None, True):
+        return 1.0
+    return float(model.meta.detector.gain or 1.0)
+
+
+def chip_variance(model, factor):
+    """Variance of the chip's data after multiplying them by ``factor`` (data units squared).
+
+    From VAR_POISSON + VAR_RNOISE when present, else ERR, else (no error information at all)
+    the detector model ``max(signal, 0) + readnoise**2`` in electrons.
+    """
+    if model.var_poisson is not None and model.var_rnoise is not None:
+        return (model.var_poisson + model.var_rnoise) * np.float32(factor**2)
+    if model.meta.has_err is not False:
+        return np.square(model.err, dtype=np.float32) * np.float32(factor**2)
+    electrons = np.clip(model.data * np.float32(factor), 0, None)
+    readnoise = float(model.meta.detector.readnoise or 0.0)
+    return (electrons + np.float32(readnoise**2)).astype(np.float32)
+
+
+def bad_pixels(model, good_bits, *, use_static=True, crbit=None):
+    """True where DQ has a bit outside ``good_bits``, the static mask or ``crbit`` is set."""
+    convention = model.meta.dq_convention or "hst"
+    bad = dqflags.bad_pixel_mask(model.dq, good_bits, convention)
+    if crbit:
+        bad |= (model.dq & np.uint32(crbit)) != 0
+    if use_static and model.static_mask is not None:
+        bad |= model.static_mask.astype(bool)
+    return bad
+
+
+def prepare_chip(model, grid, *, good_bits, stepsize, crbit=None, with_variance=False):
+    """Sky-subtract, convert units and map one chip onto ``grid`` (model left unchanged).
+
+    Parameters
+    ----------
+    model : ImageModel
+        The chip.
+    grid : OutputGrid
+        The output grid.
+    good_bits : str or int or None
+        DQ bits that do not make a pixel bad.
+    stepsize : int
+        WCS evaluation step of the pixel map.
+    crbit : int, optional
+        DQ value of cosmic rays flagged by BlotCR (always bad).
+    with_variance : bool
+        Also return the variance of the drizzled data (for error propagation).
+
+    Returns
+    -------
+    PreparedChip
+    """
+    factor = electrons_factor(model)
+    sky = 0.0 if model.meta.background.subtracted else float(model.meta.background.level or 0.0)
+    data = (model.data - np.float32(sky)) * np.float32(factor)
+    per_pixel = model.meta.units != "surface_brightness"
+    in_units = "counts" if model.meta.units == "counts" else "cps"
+    input_scale = model.meta.detector.pixel_scale or pixel_scale(model.meta.wcs, model.data.shape)
+    output_scale = grid.pixel_scale
+    return PreparedChip(
+        data=data,
+        bad_mask=bad_pixels(model, good_bits, crbit=crbit),
+        variance=chip_variance(model, factor) if with_variance else None,
+        in_units=in_units,
+        exptime=float(model.meta.exposure.exptime),
+        iscale=pixel_area_ratio(output_scale, input_scale, per_pixel=per_pixel),
+        pixel_scale_ratio=output_scale / input_scale,
+        pixmap=compute_pixmap(model.meta.wcs, model.data.shape, grid.wcs, stepsize=stepsize),
+        label=chip_label(model),
+    )
+
+
+def drizzled_bunit(model, units="cps"):
+    """BUNIT of a drizzled product made from chips like ``model``."""
+    if model.meta.units == "surface_brightness":
+        return model.meta.bunit
+    return "ELECTRONS/S" if units == "cps" else "ELECTRONS"
