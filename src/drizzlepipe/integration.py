@@ -6,10 +6,13 @@ The list is static so that ``stpipe list`` and ``strun`` do not import the step 
 
 # (fully qualified class name, class_alias, is_pipeline); entries are added as the steps land.
 STEPS = [
+    ("drizzlepipe.steps.StaticMaskStep", "static_mask", False),
+    ("drizzlepipe.steps.SkySubStep", "sky_sub", False),
     ("drizzlepipe.steps.DrizSeparateStep", "driz_separate", False),
     ("drizzlepipe.steps.CreateMedianStep", "create_median", False),
     ("drizzlepipe.steps.BlotCRStep", "blot_cr", False),
     ("drizzlepipe.steps.DrizFinalStep", "driz_final", False),
+    ("drizzlepipe.pipelines.DrizzlePipeline", "drizzle_pipeline", True),
 ]
 
 

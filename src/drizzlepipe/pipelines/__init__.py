@@ -1,5 +1,6 @@
 """stpipe Pipelines composing the drizzlepipe steps."""
 
 from .base import DrizPipeline
+from .drizzle_pipeline import DrizzlePipeline
 
-__all__ = ["DrizPipeline"]
+__all__ = ["DrizPipeline", "DrizzlePipeline"]

@@ -116,8 +116,12 @@ class DrizStep(Step):
         return super().save_model(model, *args, force=force, **kwargs)
 
     def product_name(self, library=None):
-        """Root name of combined products: ``output_file`` (without extension and known
-        suffix), else the association's product name, else ``"final"`` (as AstroDrizzle)."""
+        """Root name of combined products: the pipeline's, else ``output_file`` (without
+        extension and known suffix), else the association's product name, else ``"final"``
+        (as AstroDrizzle)."""
+        root = getattr(self.parent, "product_root", None) if self.parent is not None else None
+        if root:
+            return root
         output_file = self.search_attr("output_file")
         if output_file:
             stem = Path(str(output_file)).name

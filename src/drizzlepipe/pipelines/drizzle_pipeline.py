@@ -1,0 +1,180 @@
+"""DrizzlePipeline: StaticMask -> SkySub -> DrizSeparate -> CreateMedian -> BlotCR -> DrizFinal.
+
+What passes between the steps: a :class:`~drizzlepipe.datamodels.ModelLibrary` of chips (static
+mask, sky and cosmic-ray flags are recorded in it, never in the input files), the list of
+single drizzled images, the median, and the final :class:`ResampledModel`, written as
+``<name>_drz.fits`` where ``<name>`` is ``output_file``, else the association's product name,
+else ``final`` (AstroDrizzle's default).
+
+Logic as AstroDrizzle's: with one exposure there is nothing to compare, so DrizSeparate,
+CreateMedian and BlotCR are skipped (logged); if the median rejects every pixel, CR detection
+is skipped with a warning; any step can be switched off with ``skip=True`` (recorded as
+SKIPPED in ``meta.cal_step``), and a step whose input is missing is skipped too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ..datamodels import ModelLibrary
+from ..steps import (
+    BlotCRStep,
+    CreateMedianStep,
+    DrizFinalStep,
+    DrizSeparateStep,
+    SkySubStep,
+    StaticMaskStep,
+)
+from .base import DrizPipeline
+
+__all__ = ["DrizzlePipeline"]
+
+log = logging.getLogger(__name__)
+
+#: Steps that take the pipeline's ``good_bits`` / ``crbit`` when they are left at their default.
+_GOOD_BITS_STEPS = ("sky_sub", "driz_separate", "driz_final")
+_CRBIT_STEPS = ("blot_cr", "driz_final")
+
+
+class DrizzlePipeline(DrizPipeline):
+    """Combine dithered exposures into one clean image, rejecting cosmic rays (AstroDrizzle).
+
+    Call as ``DrizzlePipeline.call(inputs, steps={...}, output_dir=...)`` or
+    ``strun drizzle_pipeline inputs``; inputs are anything
+    :class:`~drizzlepipe.datamodels.ModelLibrary` accepts (association JSON, list, glob,
+    ``@file``). Returns the final :class:`~drizzlepipe.datamodels.ResampledModel`.
+    """
+
+    class_alias = "drizzle_pipeline"
+
+    spec = """
+    in_memory = boolean(default=True)  # Keep chips in memory (False: temporary files, bounded RAM)
+    crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final (None: by mission)
+    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final
+    save_intermediates = boolean(default=False)  # Save the products of every step
+    """  # noqa: E501
+
+    step_defs = {
+        "static_mask": StaticMaskStep,
+        "sky_sub": SkySubStep,
+        "driz_separate": DrizSeparateStep,
+        "create_median": CreateMedianStep,
+        "blot_cr": BlotCRStep,
+        "driz_final": DrizFinalStep,
+    }
+
+    def process(self, input_data=None):
+        if input_data is None:
+            # e.g. "strun drizzle_pipeline --save-parameters=pars.asdf" without inputs
+            log.info("No input given: nothing to drizzle")
+            return None
+        started = time.perf_counter()
+        library = (
+            input_data
+            if isinstance(input_data, ModelLibrary)
+            else ModelLibrary(input_data, on_disk=not self.in_memory)
+        )
+        self.product_root = self.product_name(library)
+        self._share_defaults()
+        n_exposures = len(library.group_names)
+        log.info(
+            "Drizzling %d chips of %d exposures into %s_drz",
+            len(library), n_exposures, self.product_root,
+        )  # fmt: skip
+        timings = {}
+
+        run = self._timed
+        library = run(timings, "static_mask", library, library=library, on_skip=library)
+        library = run(timings, "sky_sub", library, library=library, on_skip=library)
+        if n_exposures < 2:
+            for name in ("driz_separate", "create_median", "blot_cr"):
+                log.info("Only one exposure: %s skipped (nothing to compare with)", name)
+                self._mark_skipped(library, name)
+        else:
+            singles = run(timings, "driz_separate", library, library=library, on_skip=None)
+            median = run(timings, "create_median", singles, library=library, on_skip=None)
+            if median is not None and not np.isfinite(median.data).any():
+                log.warning("The median rejected every pixel: cosmic-ray detection skipped")
+                median = None
+            library = run(timings, "blot_cr", library, median, library=library, on_skip=library)
+        final = run(timings, "driz_final", library, library=library, on_skip=None)
+        if final is None:
+            log.warning("driz_final was skipped: no final product")
+            return library
+        final.meta.cal_step.drizzle_pipeline = "COMPLETE"
+        for name in self.step_defs:
+            status = "SKIPPED" if name not in timings else "COMPLETE"
+            setattr(final.meta.cal_step, name, status)
+        self._summary(library, final, timings, time.perf_counter() - started)
+        if self.save_results or self.output_file or self.output_dir:
+            path = final.save(self.product_path(self.product_root, "drz"))
+            log.info("Final product written to %s", path)
+        return final
+
+    def _share_defaults(self):
+        """Pipeline-level good_bits/crbit/save_intermediates reach the steps still at defaults."""
+        for name in _GOOD_BITS_STEPS:
+            step = getattr(self, name)
+            if self.good_bits is not None and step.good_bits == "0":
+                step.good_bits = self.good_bits
+        for name in _CRBIT_STEPS:
+            step = getattr(self, name)
+            if self.crbit is not None and step.crbit is None:
+                step.crbit = self.crbit
+        if self.save_intermediates:
+            for name in self.step_defs:
+                if name != "driz_final":
+                    getattr(self, name).save_results = True
+
+    def _timed(self, timings, name, *args, library, on_skip):
+        """Run one step and log its wall time; when it is switched off, or an input it needs
+        was not produced, record SKIPPED in the chips and return ``on_skip``."""
+        step = getattr(self, name)
+        if step.skip or any(arg is None for arg in args):
+            reason = "skip=True" if step.skip else "its input was not produced"
+            log.info("Step %s skipped (%s)", name, reason)
+            self._mark_skipped(library, name)
+            return on_skip
+        started = time.perf_counter()
+        result = step.run(*args)
+        timings[name] = time.perf_counter() - started
+        log.info("Step %s finished in %.2f s", name, timings[name])
+        return result
+
+    @staticmethod
+    def _mark_skipped(library, name):
+        with library:
+            for index, model in enumerate(library):
+                setattr(model.meta.cal_step, name, "SKIPPED")
+                library.shelve(model, index, modify=True)
+
+    def _summary(self, library, final, timings, total):
+        rows = []
+        with library:
+            for indices in library.group_indices.values():
+                models = [library.borrow(index) for index in indices]
+                skies = ", ".join(f"{m.meta.background.level or 0.0:.4g}" for m in models)
+                flagged = sum(int(m.meta.cosmic_rays.npix or 0) for m in models)
+                pixels = sum(m.data.size for m in models)
+                rows.append((models[0].meta.filename, len(models), skies, flagged / pixels))
+                for model, index in zip(models, indices):
+                    library.shelve(model, index, modify=False)
+        width = max(len(row[0]) for row in rows)
+        lines = [f"{'exposure':<{width}}  chips  sky (data units/pixel)        CR fraction"]
+        for filename, nchips, skies, fraction in rows:
+            lines.append(f"{filename:<{width}}  {nchips:5d}  {skies:<28}  {100 * fraction:9.3f}%")
+        ny, nx = final.data.shape
+        nan_fraction = float(np.isnan(final.data).mean())
+        lines.append(
+            f"output {nx} x {ny} pixels, total exposure {final.meta.exposure.exptime:.1f} s, "
+            f"{100 * nan_fraction:.2f}% NaN (no data), {final.meta.resample.ndrizim} chips"
+        )
+        lines.append(
+            "step times: "
+            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items())
+            + f"; total {total:.2f} s"
+        )
+        log.info("Summary\n%s", "\n".join(lines))

@@ -1,0 +1,239 @@
+"""SkySubStep: sky level of every chip by AstroDrizzle's methods (localmin, globalmin, match,
+globalmin+match) or from the user (a sky file, or a keyword naming a sky already subtracted).
+
+Skies are compared in brightness units (per arcsec^2 and per second), so chips with different
+pixel scales or exposure times are treated right. Results go to ``meta.background`` (level in
+the chip's data units per pixel, i.e. MDRIZSKY); the data are changed only with
+``subtract=True``. ``match`` falls back to ``localmin`` and ``globalmin+match`` to
+``globalmin`` when matching cannot be solved, with a warning, as AstroDrizzle does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..algorithms.grid import pixel_scale
+from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky
+from ..datamodels.readers._common import split_selector
+from ..datamodels.writers import write_exposure_copy
+from ..exceptions import DrizzlepipeInputError
+from ._drizzle_common import bad_pixels, chip_label
+from .base import DrizStep, exposure_root
+
+__all__ = ["SkySubStep"]
+
+log = logging.getLogger(__name__)
+
+_FALLBACK = {"match": "localmin", "globalmin+match": "globalmin"}
+
+
+class SkySubStep(DrizStep):
+    """Measure (and optionally subtract) the sky of every chip."""
+
+    class_alias = "sky_sub"
+
+    spec = """
+    method = option('localmin', 'globalmin', 'match', 'globalmin+match', 'user', default='localmin')  # Sky method
+    stat = option('median', 'mode', 'mean', 'midpt', default='median')  # Sky statistic
+    nclip = integer(default=5, min=0)  # Clipping iterations
+    lsigma = float(default=4.0)  # Lower clipping limit [sigma]
+    usigma = float(default=4.0)  # Upper clipping limit [sigma]
+    lower = float(default=None)  # Ignore data below this (data units)
+    upper = float(default=None)  # Ignore data above this (data units)
+    binwidth = float(default=0.1)  # Histogram bin width [sigma] for mode and midpt
+    good_bits = string(default='0')  # DQ bits treated as good
+    use_static = boolean(default=True)  # Exclude the static mask
+    mask_files = string(default=None)  # Catalogue: 'image mask1 [mask2 ...]' per line (0 = bad)
+    user_keyword = string(default=None)  # Header keyword holding a sky already subtracted
+    skyfile = string(default=None)  # File: 'image sky1 [sky2 ...]' per line, for method=user
+    subtract = boolean(default=False)  # Subtract the sky from the data
+    """  # noqa: E501
+
+    def process(self, input_data):
+        library = self.prepare_library(input_data)
+        if self.user_keyword:
+            return self._user_keyword(library)
+        statistic = SkyStatistic(
+            stat=self.stat,
+            nclip=self.nclip,
+            lsigma=self.lsigma,
+            usigma=self.usigma,
+            lower=self.lower,
+            upper=self.upper,
+            binwidth=self.binwidth,
+        )
+        user_masks = _read_catalogue(self.mask_files, "mask_files") if self.mask_files else {}
+        with library:
+            chips, labels, files = [], [], []
+            for index in range(len(library)):
+                model = library.borrow(index)
+                chips.append(self._sky_chip(model, user_masks))
+                labels.append(chip_label(model))
+                files.append(model.meta.filename)
+                library.shelve(model, index, modify=False)
+            user_values = None
+            if self.method == "user":
+                user_values = _user_values(self.skyfile, files)
+            result = self._compute(chips, statistic, user_values)
+            del chips
+            for index in range(len(library)):
+                model = library.borrow(index)
+                self._record(model, result.sky[index], result.method)
+                library.shelve(model, index, modify=True)
+        self._report(result, labels)
+        if self.save_results:
+            self._save(library)
+        return library
+
+    def _sky_chip(self, model, user_masks):
+        mask = bad_pixels(model, self.good_bits, use_static=self.use_static)
+        extra = user_masks.get(model.meta.filename)
+        if extra:
+            position = int(model.meta.chip or 1) - 1
+            mask_file = extra[min(position, len(extra) - 1)]
+            user = np.asarray(fits.getdata(mask_file))
+            if user.shape != model.data.shape:
+                raise DrizzlepipeInputError(
+                    mask_file, f"mask shape {user.shape} differs from {model.data.shape}"
+                )
+            mask |= user == 0
+        data = model.data
+        if model.meta.background.subtracted:
+            data = data + np.float32(model.meta.background.level or 0.0)
+        units = model.meta.units
+        return SkyChip(
+            data=data,
+            wcs=model.meta.wcs,
+            exposure_id=model.meta.group_id,
+            pixel_scale=model.meta.detector.pixel_scale
+            or pixel_scale(model.meta.wcs, model.data.shape),
+            exptime=float(model.meta.exposure.exptime),
+            in_counts=units == "counts",
+            mask=mask,
+            name=chip_label(model),
+            per_area=units == "surface_brightness",
+        )
+
+    def _compute(self, chips, statistic, user_values):
+        try:
+            return compute_sky(chips, self.method, statistic, user_values=user_values)
+        except SkyMatchError as error:
+            fallback = _FALLBACK[self.method]
+            log.warning("Sky %s failed (%s); falling back to %s", self.method, error, fallback)
+            return compute_sky(chips, fallback, statistic)
+
+    def _record(self, model, level, method):
+        level = float(level)
+        if self.subtract:
+            already = float(model.meta.background.level or 0.0)
+            if model.meta.background.subtracted:
+                model.data += np.float32(already)
+            model.data -= np.float32(level)
+        model.meta.background.level = level
+        model.meta.background.subtracted = bool(self.subtract)
+        model.meta.background.method = method
+        self.record_step_status(model)
+
+    def _report(self, result, labels):
+        for label, level in zip(labels, result.sky):
+            log.info("Sky %-40s %12.5g (%s)", label, level, result.method)
+        for index in result.empty_chips:
+            log.warning("%s: no valid pixel for the sky; sky set to 0", labels[index])
+        for exposure in result.unmatched_exposures:
+            log.warning("Exposure %s overlaps no other: it keeps its own sky", exposure)
+        if len(result.match_groups) > 1:
+            log.warning(
+                "Exposures form %d groups without overlap between them: %s",
+                len(result.match_groups),
+                "; ".join(", ".join(map(str, group)) for group in result.match_groups),
+            )
+
+    def _user_keyword(self, library):
+        """Skies already subtracted by the user, read from a header keyword of each chip."""
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                level = _keyword_value(model, self.user_keyword)
+                model.meta.background.level = level
+                model.meta.background.subtracted = True
+                model.meta.background.method = f"user keyword {self.user_keyword}"
+                self.record_step_status(model)
+                log.info("Sky %s = %g (already subtracted)", chip_label(model), level)
+                library.shelve(model, index, modify=True)
+        return library
+
+    def _save(self, library):
+        with library:
+            for indices in library.group_indices.values():
+                models = [library.borrow(index) for index in indices]
+                try:
+                    root = exposure_root(models[0].meta.filename)
+                    write_exposure_copy(models, self.product_path(root, "sky"))
+                finally:
+                    for model, index in zip(models, indices):
+                        library.shelve(model, index, modify=False)
+
+
+def _read_catalogue(path, what):
+    """``{image file name: [values...]}`` from 'name value [value ...]' lines (# comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DrizzlepipeInputError(path, f"{what} file not found")
+    entries = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = re.split(r"[\s,]+", line)
+        if len(fields) < 2:
+            raise DrizzlepipeInputError(path, f"line {number}: expected a name and values")
+        entries[Path(fields[0]).name] = fields[1:]
+    return entries
+
+
+def _user_values(skyfile, files):
+    """Per-chip sky values from a sky file (one value per chip, or one per exposure)."""
+    if not skyfile:
+        raise DrizzlepipeInputError(None, "method='user' needs skyfile")
+    entries = _read_catalogue(skyfile, "skyfile")
+    unknown = sorted(set(entries) - set(files))
+    if unknown:
+        raise DrizzlepipeInputError(skyfile, f"names inputs that are not given: {unknown}")
+    values = []
+    chip_of = {}
+    for name in files:
+        if name not in entries:
+            raise DrizzlepipeInputError(skyfile, f"has no sky for {name}")
+        count = files.count(name)
+        given = entries[name]
+        if len(given) not in (1, count):
+            raise DrizzlepipeInputError(
+                skyfile, f"{name}: {len(given)} values for {count} chips (give 1 or {count})"
+            )
+        position = chip_of.get(name, 0)
+        chip_of[name] = position + 1
+        try:
+            values.append(float(given[min(position, len(given) - 1)]))
+        except ValueError:
+            raise DrizzlepipeInputError(skyfile, f"{name}: {given} are not numbers") from None
+    return values
+
+
+def _keyword_value(model, keyword):
+    source = model.meta.source.path if model.meta.hasattr("source") else None
+    label = chip_label(model)
+    if not source:
+        raise DrizzlepipeInputError(label, f"no source file to read {keyword} from")
+    path, _ = split_selector(source)
+    extension = ("SCI", int(model.meta.chip or 1)) if model.meta.source.format == "hst" else 0
+    header = fits.getheader(path, extension)
+    if keyword not in header:
+        header = fits.getheader(path, 0)
+    if keyword not in header:
+        raise DrizzlepipeInputError(path, f"no keyword {keyword}", str(extension))
+    return float(header[keyword])

@@ -1,0 +1,88 @@
+"""StaticMaskStep: one bad-pixel mask per detector chip position, combining all exposures.
+
+A pixel is bad when it lies below ``mode - sigma x rms`` of its chip in any exposure
+(AstroDrizzle's static mask). The mask is stored in every chip's ``static_mask`` array, which
+the sky and drizzle steps apply (BlotCR does not), and saved as ``<product>_staticmask.fits``
+with ``save_results``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from astropy.io import fits
+
+from ..algorithms.staticmask import build_static_masks
+from ..datamodels.writers import write_fits_atomic
+from ._drizzle_common import chip_label
+from .base import DrizStep
+
+__all__ = ["StaticMaskStep"]
+
+log = logging.getLogger(__name__)
+
+
+def chip_position(model):
+    """Key of a chip position: instrument, detector, chip number and shape."""
+    meta = model.meta
+    return (
+        str(meta.instrument.name or ""),
+        str(meta.instrument.detector or ""),
+        int(meta.chip or 1),
+        tuple(model.data.shape),
+    )
+
+
+class StaticMaskStep(DrizStep):
+    """Build the static bad-pixel masks and attach them to every chip (``static_mask``)."""
+
+    class_alias = "static_mask"
+
+    spec = """
+    sigma = float(default=4.0, min=0.0)  # Clip level in sigma below the mode
+    """
+
+    def process(self, input_data):
+        library = self.prepare_library(input_data)
+        with library:
+
+            def chips():
+                for index in range(len(library)):
+                    model = library.borrow(index)
+                    try:
+                        yield chip_position(model), model.data, None
+                    finally:
+                        library.shelve(model, index, modify=False)
+
+            result = build_static_masks(chips(), static_sig=self.sigma)
+            for index in range(len(library)):
+                model = library.borrow(index)
+                mask = result.masks[chip_position(model)]
+                model.static_mask = mask.astype(np.uint8)
+                self.record_step_status(model)
+                threshold = result.thresholds[index]
+                log.info(
+                    "%s: low-pixel threshold %s, %d pixels masked at this chip position",
+                    chip_label(model),
+                    "none" if threshold is None else f"{threshold:.4g}",
+                    int(np.count_nonzero(mask)),
+                )
+                library.shelve(model, index, modify=True)
+        if self.save_results:
+            self._save(result.masks, library)
+        return library
+
+    def _save(self, masks, library):
+        hdus = [fits.PrimaryHDU()]
+        for number, (key, mask) in enumerate(masks.items(), start=1):
+            instrument, detector, chip, _ = key
+            hdu = fits.ImageHDU(mask.astype(np.uint8), name="STATMASK", ver=number)
+            hdu.header["INSTRUME"] = instrument
+            hdu.header["DETECTOR"] = detector
+            hdu.header["CHIPNUM"] = chip
+            hdu.header["COMMENT"] = "1 = bad pixel (below mode - sigma x rms in some exposure)"
+            hdus.append(hdu)
+        path = self.product_path(self.product_name(library), "staticmask")
+        write_fits_atomic(fits.HDUList(hdus), path)
+        log.info("Saved static masks in %s", path)
