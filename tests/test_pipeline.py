@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from stpipe import Step
-from test_resample_steps import _aperture_fluxes, _isolated_stars
 
 from drizzlepipe.pipelines import DrizzlePipeline
+from test_resample_steps import _aperture_fluxes, _isolated_stars
 
 REPO = Path(__file__).resolve().parents[1]
 STRUN = Path(sys.executable).parent / "strun"
@@ -100,7 +100,8 @@ def test_intermediate_products_appear_exactly_when_asked(small_simulation, tmp_p
     files = [str(p) for p in small_simulation.flt_files]
     roots = small_simulation.rootnames
     out = tmp_path / "one"
-    DrizzlePipeline.call(files, steps={"driz_separate": {"save_results": True}}, output_dir=str(out))
+    steps = {"driz_separate": {"save_results": True}}
+    DrizzlePipeline.call(files, steps=steps, output_dir=str(out))
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{r}_single.fits" for r in roots] + ["final_drz.fits"]
     )

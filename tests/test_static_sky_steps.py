@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 from astropy.io import fits
-from fitsfactory import make_hst_flt
 
 from drizzlepipe.datamodels import ModelLibrary
 from drizzlepipe.exceptions import DrizzlepipeInputError
 from drizzlepipe.steps import SkySubStep, StaticMaskStep
+from fitsfactory import make_hst_flt
 
 
 def _levels(library):
