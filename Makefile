@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,demo]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -39,7 +39,7 @@ bench: $(BIN)/.installed $(PBIN)/.installed
 	$(BIN)/python bench/run_all.py --peer-python $(PBIN)/python
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m drizzlepipe.demo demo_output
+	$(BIN)/python -m drizzlepipe.demo demo_output --cfg cfg/few_exposures.asdf
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) demo_output bench/output .pytest_cache .ruff_cache
