@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import convert_pars
+
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 
@@ -120,6 +122,11 @@ SUBCOMMANDS = {
         _add_simulate_arguments,
         _run_simulate,
         "write simulated WFC3/UVIS-like _flt exposures with their truth",
+    ),
+    "convert-pars": (
+        convert_pars.add_arguments,
+        convert_pars.run,
+        "convert an AstroDrizzle parameter file (.cfg, HAP .json, MDRIZTAB) to ASDF parameters",
     ),
 }
 
