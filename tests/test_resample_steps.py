@@ -189,3 +189,27 @@ def test_blot_cr_refuses_bad_parameters(chain):
         BlotCRStep(snr="3.5").run(chain["library"], chain["median"])
     with pytest.raises(DrizzlepipeInputError, match="median"):
         BlotCRStep().run(chain["library"])
+
+
+def test_median_from_single_files_on_disk_equals_in_memory(tmp_path, chain):
+    singles = chain["singles"]
+    paths = [single.save(tmp_path / f"s{i}_single.fits") for i, single in enumerate(singles)]
+    from_disk = CreateMedianStep(bufsize=0.05).run(paths)
+    in_memory = chain["median"]
+    np.testing.assert_array_equal(from_disk.data, in_memory.data)  # sections change nothing
+    assert from_disk.meta.resample.combine_type == "minmed"
+
+
+def test_all_masked_and_nan_chips_are_skipped_with_a_warning(small_simulation, chain, caplog):
+    library = library_with_true_sky(small_simulation)
+    with library:
+        model = library.borrow(0)
+        model.dq[:] = 4  # every pixel bad
+        library.shelve(model, 0)
+        model = library.borrow(1)
+        model.data[:] = np.nan  # nothing usable
+        library.shelve(model, 1)
+    with caplog.at_level(logging.WARNING):
+        final = DrizFinalStep(context=False).run(library)
+    assert final.meta.resample.ndrizim == 6
+    assert caplog.text.count("skipped") == 2
