@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from ..datamodels import ModelLibrary
+from ..execution import Executor
 from ..steps import (
     BlotCRStep,
     CreateMedianStep,
@@ -71,6 +72,14 @@ class DrizzlePipeline(DrizPipeline):
             # e.g. "strun drizzle_pipeline --save-parameters=pars.asdf" without inputs
             log.info("No input given: nothing to drizzle")
             return None
+        # One executor (worker pool, scratch directory) shared by every step of the run.
+        with Executor(self.scheduler or "processes", self.n_workers) as self.executor:
+            try:
+                return self._run(input_data)
+            finally:
+                self.executor = None
+
+    def _run(self, input_data):
         started = time.perf_counter()
         library = (
             input_data

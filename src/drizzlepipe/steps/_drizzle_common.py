@@ -16,13 +16,13 @@ import numpy as np
 from astropy.io import fits
 
 from ..algorithms.grid import default_output_grid, grid_from_reference, pixel_scale
-from ..algorithms.pixmap import compute_pixmap
 from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import dqflags, open_path
 from ..datamodels.readers._common import celestial_wcs
 from ..exceptions import DrizzlepipeInputError
+from ._tasks import ChipJob
 
-__all__ = ["GRID_SPEC", "DRIZZLE_KERNELS", "OutputGridMaker", "PreparedChip", "prepare_chip"]
+__all__ = ["GRID_SPEC", "DRIZZLE_KERNELS", "OutputGridMaker", "chip_job"]
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +123,6 @@ class OutputGridMaker:
         )
 
 
-@dataclass
-class PreparedChip:
-    """One chip ready for :meth:`DrizzleAccumulator.add_chip` (all arrays are new)."""
-
-    data: np.ndarray
-    bad_mask: np.ndarray
-    variance: np.ndarray | None
-    in_units: str
-    exptime: float
-    iscale: float
-    pixel_scale_ratio: float
-    pixmap: np.ndarray
-    label: str
-
-
 def chip_label(model):
     """``file[SCI,n]`` for messages and context bookkeeping."""
     extension = model.meta.source.extension or f"SCI,{model.meta.chip or 1}"
@@ -177,45 +162,77 @@ def bad_pixels(model, good_bits, *, use_static=True, crbit=None):
     return bad
 
 
-def prepare_chip(model, grid, *, good_bits, stepsize, crbit=None, with_variance=False):
-    """Sky-subtract, convert units and map one chip onto ``grid`` (model left unchanged).
+def weight_variance(model, factor, weight_type):
+    """Variance behind ``err``/``ivm`` weights, in (data x factor) units squared, or None.
+
+    ``err``: ERR**2, AstroDrizzle's ``(EXPTIME/ERR)**2`` weighting. ``ivm``: the variance without
+    the sources' own Poisson noise, which would weight bright pixels down and bias fluxes low:
+    VAR_RNOISE when the file has it (as the JWST pipeline), else sky + read noise (AstroDrizzle's
+    automatic IVM without the flat field and dark).
+    """
+    if weight_type == "err":
+        return np.square(model.err, dtype=np.float32) * np.float32(factor**2)
+    if weight_type != "ivm":
+        return None
+    if model.var_rnoise is not None:
+        return model.var_rnoise * np.float32(factor**2)
+    exptime = float(model.meta.exposure.exptime)
+    per_second = model.meta.units == "countrate"
+    sky_electrons = float(model.meta.background.level or 0.0) * factor
+    if per_second:
+        sky_electrons *= exptime
+    readnoise = float(model.meta.detector.readnoise or 0.0)
+    variance = max(sky_electrons, 0.0) + readnoise**2
+    if per_second:
+        variance /= exptime**2
+    return np.full(model.data.shape, max(variance, 1e-30), dtype=np.float32)
+
+
+def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_variance=False,
+             weight_type="exptime", context_id=None):  # fmt: skip
+    """Sky-subtract and convert one chip for drizzling (the model is left unchanged).
 
     Parameters
     ----------
     model : ImageModel
         The chip.
-    grid : OutputGrid
-        The output grid.
+    output_scale : float
+        Pixel scale of the output grid [arcsec].
+    executor : Executor
+        Makes the arrays and the WCS readable by the workers.
     good_bits : str or int or None
         DQ bits that do not make a pixel bad.
-    stepsize : int
-        WCS evaluation step of the pixel map.
     crbit : int, optional
         DQ value of cosmic rays flagged by BlotCR (always bad).
     with_variance : bool
-        Also return the variance of the drizzled data (for error propagation).
+        Also pass the variance of the drizzled data (error propagation).
+    weight_type : str
+        ``exptime``, ``err`` or ``ivm``: which variance the weights need.
+    context_id : int, optional
+        The chip's context bit in the product.
 
     Returns
     -------
-    PreparedChip
+    ChipJob
     """
     factor = electrons_factor(model)
     sky = 0.0 if model.meta.background.subtracted else float(model.meta.background.level or 0.0)
     data = (model.data - np.float32(sky)) * np.float32(factor)
     per_pixel = model.meta.units != "surface_brightness"
-    in_units = "counts" if model.meta.units == "counts" else "cps"
     input_scale = model.meta.detector.pixel_scale or pixel_scale(model.meta.wcs, model.data.shape)
-    output_scale = grid.pixel_scale
-    return PreparedChip(
-        data=data,
-        bad_mask=bad_pixels(model, good_bits, crbit=crbit),
-        variance=chip_variance(model, factor) if with_variance else None,
-        in_units=in_units,
+    return ChipJob(
+        data=executor.share(data),
+        bad_mask=executor.share(bad_pixels(model, good_bits, crbit=crbit)),
+        variance=executor.share(chip_variance(model, factor)) if with_variance else None,
+        weight_variance=executor.share(weight_variance(model, factor, weight_type)),
+        wcs=executor.portable(model.meta.wcs),
+        shape=tuple(model.data.shape),
         exptime=float(model.meta.exposure.exptime),
+        in_units="counts" if model.meta.units == "counts" else "cps",
         iscale=pixel_area_ratio(output_scale, input_scale, per_pixel=per_pixel),
         pixel_scale_ratio=output_scale / input_scale,
-        pixmap=compute_pixmap(model.meta.wcs, model.data.shape, grid.wcs, stepsize=stepsize),
         label=chip_label(model),
+        context_id=context_id,
     )
 
 

@@ -8,12 +8,14 @@ opener that uses drizzlepipe's readers, a parameter lookup that never leaves the
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from stpipe import Step
 
 from ..datamodels import DrizDataModel, ModelLibrary, open_path
 from ..datamodels.readers import product_model_type
+from ..execution import Executor
 
 __all__ = ["DrizStep", "KNOWN_SUFFIXES", "exposure_root", "open_step_input"]
 
@@ -72,7 +74,9 @@ class DrizStep(Step):
 
     spec = """
     output_ext = string(default='.fits')  # File type of saved products (.fits or .asdf)
-    """
+    scheduler = string(default=None)  # serial, threads, processes or tcp://host:port (None: the pipeline's, else processes)
+    n_workers = integer(default=None, min=1)  # Workers for threads/processes (None: all cores)
+    """  # noqa: E501
 
     # drizzlepipe has no reference files: nothing to prefetch from CRDS.
     prefetch_references = False
@@ -137,6 +141,17 @@ class DrizStep(Step):
         output_dir = self.search_attr("output_dir") or ""
         ext = self.output_ext if self.output_ext.startswith(".") else f".{self.output_ext}"
         return str(Path(output_dir) / f"{root}_{suffix}{ext}")
+
+    @contextmanager
+    def execution(self):
+        """The :class:`~drizzlepipe.execution.Executor` for this step's independent tasks: the
+        pipeline's when the step runs inside one, else a new one closed afterwards."""
+        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
+        if shared is not None and self.scheduler is None and self.n_workers is None:
+            yield shared
+            return
+        with Executor(self.scheduler or "processes", self.n_workers) as executor:
+            yield executor
 
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged)."""

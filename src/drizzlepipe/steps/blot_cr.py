@@ -11,24 +11,18 @@ copies of the exposures in their own layout.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 
-from ..algorithms.blot import blot, blot_intensity_scale, fill_holes
-from ..algorithms.crdetect import (
-    CTEGrowthSkippedWarning,
-    detect_cosmic_rays,
-    parse_pair,
-    summarize_cr_mask,
-)
+from ..algorithms.blot import blot_intensity_scale, fill_holes
+from ..algorithms.crdetect import parse_pair, summarize_cr_mask
 from ..algorithms.grid import pixel_scale
-from ..algorithms.pixmap import compute_pixmap
 from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import ResampledModel, dqflags, open_path
 from ..datamodels.writers import write_chip_arrays, write_exposure_copy
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import chip_label, electrons_factor
+from ._tasks import BlotCRJob, blot_and_detect
 from .base import DrizStep, exposure_root
 
 __all__ = ["BlotCRStep"]
@@ -60,6 +54,7 @@ class BlotCRStep(DrizStep):
     save_blot = boolean(default=False)  # Write <root>_blot.fits (blotted median, chip units)
     save_crmask = boolean(default=False)  # Write <root>_crmask.fits (1 = cosmic ray)
     corr = boolean(default=False)  # Write <root>_crclean.fits (cosmic rays replaced by the blot)
+    median_noise = boolean(default=True)  # Count the median's own noise (False: as AstroDrizzle)
     """  # noqa: E501
 
     def process(self, input_data, median_model=None):
@@ -70,24 +65,29 @@ class BlotCRStep(DrizStep):
         filled, holes = fill_holes(median.data)
         library = self.prepare_library(input_data)
         totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": []}
-        with library:
-            for indices in library.group_indices.values():
+        with self.execution() as executor, library:
+            shared_median = (
+                executor.share(filled),
+                executor.share(holes) if holes is not None else None,
+                executor.share(median.wht)
+                if self.median_noise and median.wht is not None
+                else None,
+            )
+            for number, indices in enumerate(library.group_indices.values(), start=1):
                 models = [library.borrow(index) for index in indices]
                 try:
-                    side = [
-                        self._flag_chip(m, median, filled, holes, median_scale, snr, scale)
+                    jobs = [
+                        self._job(m, median, shared_median, median_scale, snr, scale, executor)
                         for m in models
                     ]
-                    for model, (npix, _, _) in zip(models, side):
-                        totals["chips"] += 1
-                        totals["flagged"] += npix
-                        totals["pixels"] += model.data.size
-                        if npix < 0:
-                            totals["unflagged"].append(chip_label(model))
-                    self._save_exposure(models, side)
+                    results = executor.map(blot_and_detect, jobs)
+                    for model, result in zip(models, results):
+                        self._record(model, result, totals)
+                    self._save_exposure(models, results)
                 finally:
                     for model, index in zip(models, indices):
                         library.shelve(model, index, modify=True)
+                log.info("Exposure %d/%d checked", number, len(library.group_indices))
         fraction = totals["flagged"] / max(totals["pixels"], 1)
         log.info(
             "Cosmic rays: %d pixels (%.3f%%) in %d chips",
@@ -115,8 +115,8 @@ class BlotCRStep(DrizStep):
             raise DrizzlepipeInputError(median_model.meta.filename, "median product has no WCS")
         return median_model
 
-    def _flag_chip(self, model, median, filled, holes, median_scale, snr, scale):
-        """Detect cosmic rays in one chip; returns (npix, blot in chip units, mask)."""
+    def _job(self, model, median, shared_median, median_scale, snr, scale, executor):
+        """The blot + detection task of one chip (all unit conversions decided here)."""
         label = chip_label(model)
         units = model.meta.units
         if units == "surface_brightness" and self.noise == "detector":
@@ -132,87 +132,82 @@ class BlotCRStep(DrizStep):
         )
         area = pixel_area_ratio(median_scale, chip_scale, per_pixel=units != "surface_brightness")
         chip_units = "counts" if units == "counts" else "cps"
-        pixmap = compute_pixmap(
-            model.meta.wcs, model.data.shape, median.meta.wcs, stepsize=self.stepsize
-        )
-        # The blot in the chip's own units (DN stay DN), with the sky added back.
+        # The blot in the chip's own units (DN stay DN), with the sky added back; data and
+        # blot are compared with the sky in both (it is part of the noise).
         iscale = blot_intensity_scale(exptime=exptime, chip_units=chip_units, pixel_area_ratio=area)
-        blotted = blot(
-            filled,
-            pixmap,
+        sky = float(model.meta.background.level or 0.0)
+        data = model.data + np.float32(sky) if model.meta.background.subtracted else model.data
+        return BlotCRJob(
+            data=executor.share(data),
+            err=executor.share(model.err) if self.noise == "err" else None,
+            wcs=executor.portable(model.meta.wcs),
+            shape=tuple(model.data.shape),
+            label=label,
+            median=shared_median[0],
+            holes=shared_median[1],
+            median_wcs=executor.portable(median.meta.wcs),
+            blot_iscale=iscale / to_electrons,
+            sky=sky,
+            # Detection in electrons (counts): Poisson noise needs counts, not rates or DN.
+            to_counts=to_electrons * (exptime if chip_units == "cps" else 1.0),
+            readnoise=float(model.meta.detector.readnoise or 0.0),
+            readout_direction=int(model.meta.detector.readout_direction or 0),
+            noise=self.noise,
+            snr=snr,
+            scale=scale,
+            grow=self.grow,
+            ctegrow=self.ctegrow,
             interp=self.interp,
             sinscl=self.sinscl,
-            iscale=iscale / to_electrons,
-            fill_value=np.nan,
+            stepsize=self.stepsize,
+            keep_blot=self.save_blot or self.corr,
+            median_weight=shared_median[2],
+            exptime=exptime,
         )
-        if holes is not None:
-            # Chip pixels whose nearest median pixel had no data are not checked.
-            no_data = blot(holes, pixmap, interp="nearest", fill_value=1.0) > 0.5
-            blotted[no_data] = np.nan
-        del pixmap
-        sky = float(model.meta.background.level or 0.0)
-        data = model.data
-        if model.meta.background.subtracted:
-            data = data + np.float32(sky)  # compare with the sky in both: it is signal noise
-        blotted += np.float32(sky)
-        if not np.isfinite(blotted).any():
-            return -1, blotted, np.zeros(data.shape, bool)
 
-        # Detection in electrons (counts): Poisson noise needs counts, not rates or DN.
-        to_counts = to_electrons * (exptime if chip_units == "cps" else 1.0)
-        err = None
-        if self.noise == "err":
-            err = model.err * np.float32(to_counts)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CTEGrowthSkippedWarning)
-            cr_mask = detect_cosmic_rays(
-                data * np.float32(to_counts),
-                blotted * np.float32(to_counts),
-                noise=self.noise,
-                gain=1.0,
-                readnoise=float(model.meta.detector.readnoise or 0.0),
-                err=err,
-                snr=snr,
-                scale=scale,
-                grow=self.grow,
-                ctegrow=self.ctegrow,
-                readout_direction=int(model.meta.detector.readout_direction or 0),
-            )
-        for warning in caught:
-            log.warning("%s: %s", label, warning.message)
-
+    def _record(self, model, result, totals):
+        """Set ``crbit`` in the chip's DQ and record the counts."""
+        label = chip_label(model)
+        for message in result.warnings:
+            log.warning("%s: %s", label, message)
+        totals["chips"] += 1
+        totals["pixels"] += model.data.size
+        if result.packed_mask is None:
+            totals["unflagged"].append(label)
+            return
+        cr_mask = result.mask()
         crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
         model.dq[cr_mask] |= np.uint32(crbit)
         summary = summarize_cr_mask(cr_mask)
+        totals["flagged"] += int(summary.n_flagged)
         model.meta.cosmic_rays.npix = int(summary.n_flagged)
         model.meta.cosmic_rays.fraction = float(summary.fraction)
         self.record_step_status(model)
         log.info(
             "%s: %d cosmic-ray pixels (%.3f%%)", label, summary.n_flagged, 100 * summary.fraction
         )
-        return int(summary.n_flagged), blotted, cr_mask
 
-    def _save_exposure(self, models, side):
+    def _save_exposure(self, models, results):
         root = exposure_root(models[0].meta.filename)
         chips = [int(m.meta.chip or 1) for m in models]
         if self.save_results:
             write_exposure_copy(models, self.product_path(root, "crf"))
         if self.save_blot:
             write_chip_arrays(
-                [(c, blotted) for c, (_, blotted, _) in zip(chips, side)],
+                [(chip, result.blotted) for chip, result in zip(chips, results)],
                 self.product_path(root, "blot"),
                 extname="BLOT",
             )
         if self.save_crmask:
             write_chip_arrays(
-                [(c, mask) for c, (_, _, mask) in zip(chips, side)],
+                [(chip, result.mask()) for chip, result in zip(chips, results)],
                 self.product_path(root, "crmask"),
                 extname="CRMASK",
                 dtype=np.uint8,
             )
         if self.corr:
-            cleaned = [
-                np.where(mask & np.isfinite(blotted), blotted, model.data).astype(np.float32)
-                for model, (_, blotted, mask) in zip(models, side)
-            ]
+            cleaned = []
+            for model, result in zip(models, results):
+                replace = result.mask() & np.isfinite(result.blotted)
+                cleaned.append(np.where(replace, result.blotted, model.data).astype(np.float32))
             write_exposure_copy(models, self.product_path(root, "crclean"), data_override=cleaned)

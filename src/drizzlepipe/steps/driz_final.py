@@ -7,20 +7,17 @@ import logging
 
 import numpy as np
 
-from ..algorithms.resample import (
-    DrizzleAccumulator,
-    ResampleInputError,
-    build_weight,
-)
+from ..algorithms.resample import ResampleInputError, merge_accumulators
 from ..datamodels import ResampledModel, dqflags
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
     OutputGridMaker,
+    chip_job,
     drizzled_bunit,
     parse_fillval,
-    prepare_chip,
 )
+from ._tasks import DrizzleJob, drizzle_chips
 from .base import DrizStep
 
 __all__ = ["DrizFinalStep"]
@@ -57,80 +54,76 @@ class DrizFinalStep(DrizStep):
     def process(self, input_data):
         library = self.prepare_library(input_data)
         grid = OutputGridMaker.from_step(self).make(library)
-        accumulator = DrizzleAccumulator(
-            grid.shape,
-            kernel=self.kernel,
-            fillval=parse_fillval(self.fillval),
-            enable_context=self.context,
-            enable_err=self.compute_err,
-            n_inputs=len(library),
-        )
         log.info(
             "Final grid %d x %d at %.5f arcsec/pixel, kernel %s, pixfrac %g, weights %s",
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
             self.weight_type,
         )  # fmt: skip
-        inputs, exposures, reference = [], {}, None
+        with self.execution() as executor:
+            chips, groups, exposures, reference = self._chip_jobs(library, grid, executor)
+            # Chips are split into as many interleaved partitions as there are workers, each
+            # drizzled into its own accumulator and merged in partition order: the result
+            # depends on n_workers (float32 rounding), never on the scheduler.
+            partitions = min(executor.n_workers, len(chips))
+            grid_wcs = executor.portable(grid.wcs)
+            jobs = [
+                self._job(chips[start::partitions], grid_wcs, grid.shape, len(library))
+                for start in range(partitions)
+            ]
+            results = executor.map(drizzle_chips, jobs)
+        added = {label for result in results for label in result.added}
+        for result in results:
+            for reason in result.skipped:
+                log.warning("%s: skipped", reason)
+        accumulators = [result.accumulator for result in results if result.accumulator]
+        if not accumulators:
+            raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
+        product = merge_accumulators(accumulators).finalize()
+        log.info("Drizzled %d of %d chips", len(added), len(chips))
+        used = {group for chip, group in zip(chips, groups) if chip.label in added}
+        exposures = {group: times for group, times in exposures.items() if group in used}
+        inputs = [chip.label for chip in chips]  # context-bit order: bit i is chip i
+        return self._product(product, grid, inputs, len(added), exposures, reference, library)
+
+    def _chip_jobs(self, library, grid, executor):
+        chips, groups, exposures, reference = [], [], {}, None
+        need_variance = self.compute_err
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
                 try:
-                    label = self._add(accumulator, model, grid, index)
-                except ResampleInputError as error:
-                    log.warning("%s: skipped", error)
-                    label = None
+                    crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
+                    chips.append(
+                        chip_job(
+                            model, grid.pixel_scale, executor, good_bits=self.good_bits,
+                            crbit=crbit, with_variance=need_variance,
+                            weight_type=self.weight_type, context_id=index,
+                        )
+                    )  # fmt: skip
+                    groups.append(model.meta.group_id)
+                    exposures.setdefault(model.meta.group_id, _exposure_times(model))
+                    reference = reference or model
                 finally:
                     library.shelve(model, index, modify=False)
-                if label is None:
-                    continue
-                inputs.append(label)
-                exposures.setdefault(model.meta.group_id, _exposure_times(model))
-                reference = reference or model
-                log.info("Drizzled chip %d/%d: %s", index + 1, len(library), label)
-        if not inputs:
-            raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
-        return self._product(accumulator.finalize(), grid, inputs, exposures, reference, library)
+        return chips, groups, exposures, reference
 
-    def _add(self, accumulator, model, grid, index):
-        crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
-        chip = prepare_chip(
-            model,
-            grid,
-            good_bits=self.good_bits,
-            stepsize=self.stepsize,
-            crbit=crbit,
-            with_variance=self.compute_err or self.weight_type != "exptime",
-        )
-        weight = None
-        if self.weight_type == "err":
-            weight = build_weight(
-                "err", exptime=chip.exptime, bad_mask=chip.bad_mask, data=chip.data,
-                err=np.sqrt(chip.variance), in_units=chip.in_units, iscale=chip.iscale,
-            )  # fmt: skip
-        elif self.weight_type == "ivm":
-            with np.errstate(divide="ignore"):
-                ivm = np.where(chip.variance > 0, 1.0 / chip.variance, 0.0)
-            weight = build_weight(
-                "ivm", exptime=chip.exptime, bad_mask=chip.bad_mask, data=chip.data,
-                ivm=ivm, in_units=chip.in_units, iscale=chip.iscale,
-            )  # fmt: skip
-        accumulator.add_chip(
-            chip.data,
-            chip.pixmap,
-            exptime=chip.exptime,
-            weight=weight,
-            bad_mask=chip.bad_mask,
-            variance=chip.variance if self.compute_err else None,
-            in_units=chip.in_units,
-            iscale=chip.iscale,
-            pixel_scale_ratio=chip.pixel_scale_ratio,
+    def _job(self, chips, grid_wcs, grid_shape, n_inputs):
+        return DrizzleJob(
+            chips=chips,
+            grid_wcs=grid_wcs,
+            grid_shape=grid_shape,
+            kernel=self.kernel,
             pixfrac=self.pixfrac,
-            context_id=index,
-            label=chip.label,
+            fillval=parse_fillval(self.fillval),
+            stepsize=self.stepsize,
+            weight_type=self.weight_type,
+            enable_context=self.context,
+            enable_err=self.compute_err,
+            n_inputs=n_inputs,
+            finalize=False,
         )
-        return chip.label
 
-    def _product(self, product, grid, inputs, exposures, reference, library):
+    def _product(self, product, grid, inputs, n_drizzled, exposures, reference, library):
         texptime = float(sum(e["exptime"] for e in exposures.values()))
         data, err = product.data, product.err
         if self.units == "counts" and reference.meta.units != "surface_brightness":
@@ -173,13 +166,13 @@ class DrizFinalStep(DrizStep):
         resample.fillval = str(self.fillval)
         resample.pixel_scale = grid.pixel_scale
         resample.texptime = texptime
-        resample.ndrizim = len(inputs)
+        resample.ndrizim = n_drizzled
         resample.inputs = inputs
         self.record_step_status(model)
         covered = np.isfinite(model.data) & (model.wht > 0)
         log.info(
             "Final product %s: %d x %d, %d chips of %d exposures, %.1f s, %.1f%% of pixels covered",
-            meta.filename, grid.shape[1], grid.shape[0], len(inputs), len(exposures), texptime,
+            meta.filename, grid.shape[1], grid.shape[0], n_drizzled, len(exposures), texptime,
             100.0 * covered.mean(),
         )  # fmt: skip
         if self.save_results:

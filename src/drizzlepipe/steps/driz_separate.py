@@ -7,17 +7,18 @@ import logging
 
 import numpy as np
 
-from ..algorithms.resample import DrizzleAccumulator, NoOverlapError, ResampleInputError
+from ..algorithms.resample import ResampleInputError
 from ..datamodels import ResampledModel
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
     OutputGridMaker,
+    chip_job,
     drizzled_bunit,
     electrons_factor,
     parse_fillval,
-    prepare_chip,
 )
+from ._tasks import DrizzleJob, drizzle_chips
 from .base import DrizStep, exposure_root
 
 __all__ = ["DrizSeparateStep"]
@@ -48,18 +49,26 @@ class DrizSeparateStep(DrizStep):
     def process(self, input_data):
         library = self.prepare_library(input_data)
         grid = OutputGridMaker.from_step(self).make(library)
-        fillval = parse_fillval(self.fillval)
         log.info(
             "Output grid %d x %d at %.5f arcsec/pixel, kernel %s, pixfrac %g",
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
         )  # fmt: skip
+        groups = list(library.group_indices.items())
+        with self.execution() as executor:
+            jobs, metadata = [], []
+            for _, indices in groups:
+                job, meta = self._exposure_job(library, indices, grid, executor)
+                jobs.append(job)
+                metadata.append(meta)
+            results = executor.map(drizzle_chips, jobs)
         singles = []
-        groups = library.group_indices
-        for number, (group_id, indices) in enumerate(groups.items(), start=1):
-            single = self._drizzle_exposure(library, indices, grid, fillval)
-            if single is None:
-                log.warning("Exposure %s does not overlap the output grid: no single", group_id)
+        for number, (result, meta) in enumerate(zip(results, metadata), start=1):
+            for reason in result.skipped:
+                log.warning("%s: skipped", reason)
+            if result.product is None:
+                log.warning("Exposure %s does not overlap the output grid: no single", meta[0])
                 continue
+            single = self._single(result, meta, grid)
             log.info("Single %d/%d: %s", number, len(groups), single.meta.filename)
             if self.save_results:
                 single.save(self.product_path(exposure_root(single.meta.filename), "single"))
@@ -68,45 +77,40 @@ class DrizSeparateStep(DrizStep):
             raise ResampleInputError(None, "no exposure overlaps the output grid")
         return singles
 
-    def _drizzle_exposure(self, library, indices, grid, fillval):
-        accumulator = DrizzleAccumulator(
-            grid.shape, kernel=self.kernel, fillval=fillval, enable_context=False, enable_err=False
-        )
-        inputs, first, readnoise2, skies = [], None, [], []
+    def _exposure_job(self, library, indices, grid, executor):
+        """The drizzle job of one exposure and the metadata its single needs."""
+        chips, readnoise2, skies, first = [], [], [], None
         with library:
             for index in indices:
                 model = library.borrow(index)
                 try:
-                    chip = prepare_chip(
-                        model, grid, good_bits=self.good_bits, stepsize=self.stepsize
-                    )
-                    accumulator.add_chip(
-                        chip.data,
-                        chip.pixmap,
-                        exptime=chip.exptime,
-                        bad_mask=chip.bad_mask,
-                        in_units=chip.in_units,
-                        iscale=chip.iscale,
-                        pixel_scale_ratio=chip.pixel_scale_ratio,
-                        pixfrac=self.pixfrac,
-                        label=chip.label,
-                    )
-                    inputs.append(chip.label)
+                    chip = chip_job(model, grid.pixel_scale, executor, good_bits=self.good_bits)
+                    chips.append(chip)
                     factor = electrons_factor(model)
                     readnoise2.append(float(model.meta.detector.readnoise or 0.0) ** 2)
                     # per output pixel: the sky of an input pixel times the area ratio
                     skies.append(float(model.meta.background.level or 0.0) * factor * chip.iscale)
-                    if first is None:
-                        first = _single_metadata(model)
-                except NoOverlapError as error:
-                    log.warning("%s: skipped", error)
-                except ResampleInputError as error:
-                    log.warning("%s: skipped", error)
+                    first = first or _single_metadata(model)
                 finally:
                     library.shelve(model, index, modify=False)
-        if first is None:
-            return None
-        product = accumulator.finalize()
+        job = DrizzleJob(
+            chips=chips,
+            grid_wcs=executor.portable(grid.wcs),
+            grid_shape=grid.shape,
+            kernel=self.kernel,
+            pixfrac=self.pixfrac,
+            fillval=parse_fillval(self.fillval),
+            stepsize=self.stepsize,
+        )
+        # minmed's noise model needs these per exposure: rms read noise over the chips
+        # (electrons, as AstroDrizzle) and the minimum sky over the chips in electrons per
+        # *output* pixel (AstroDrizzle uses the sky per input pixel, a units quirk).
+        meta = (first["group_id"], first, float(np.sqrt(np.mean(readnoise2))), float(min(skies)))
+        return job, meta
+
+    def _single(self, result, meta, grid):
+        _, first, readnoise, sky = meta
+        product = result.product
         single = ResampledModel(data=product.data, wht=product.wht)
         single.meta.wcs = grid.wcs
         single.meta.product_type = "single"
@@ -115,21 +119,18 @@ class DrizSeparateStep(DrizStep):
         single.meta.exposure.exptime = first["exptime"]
         single.meta.bunit = first["bunit"]
         single.meta.units = "countrate" if first["per_pixel"] else "surface_brightness"
-        for key in ("telescope",):
-            if first[key]:
-                setattr(single.meta, key, first[key])
-        single.meta.resample.kernel = self.kernel
-        single.meta.resample.pixfrac = self.pixfrac
-        single.meta.resample.weight_type = "exptime"
-        single.meta.resample.pixel_scale = grid.pixel_scale
-        single.meta.resample.ndrizim = len(inputs)
-        single.meta.resample.inputs = inputs
-        single.meta.resample.texptime = first["exptime"]
-        # minmed's noise model needs these per exposure: rms read noise over the chips
-        # (electrons, as AstroDrizzle) and the minimum sky over the chips in electrons per
-        # *output* pixel (AstroDrizzle uses the sky per input pixel, a units quirk).
-        single.meta.resample.readnoise = float(np.sqrt(np.mean(readnoise2)))
-        single.meta.resample.sky = float(min(skies))
+        if first["telescope"]:
+            single.meta.telescope = first["telescope"]
+        resample = single.meta.resample
+        resample.kernel = self.kernel
+        resample.pixfrac = self.pixfrac
+        resample.weight_type = "exptime"
+        resample.pixel_scale = grid.pixel_scale
+        resample.ndrizim = len(result.added)
+        resample.inputs = list(result.added)
+        resample.texptime = first["exptime"]
+        resample.readnoise = readnoise
+        resample.sky = sky
         self.record_step_status(single)
         return single
 

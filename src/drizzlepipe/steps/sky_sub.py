@@ -72,7 +72,7 @@ class SkySubStep(DrizStep):
             chips, labels, files = [], [], []
             for index in range(len(library)):
                 model = library.borrow(index)
-                chips.append(self._sky_chip(model, user_masks))
+                chips.append(self._sky_chip(model, user_masks, library._on_disk))
                 labels.append(chip_label(model))
                 files.append(model.meta.filename)
                 library.shelve(model, index, modify=False)
@@ -90,7 +90,7 @@ class SkySubStep(DrizStep):
             self._save(library)
         return library
 
-    def _sky_chip(self, model, user_masks):
+    def _sky_chip(self, model, user_masks, library_on_disk):
         mask = bad_pixels(model, self.good_bits, use_static=self.use_static)
         extra = user_masks.get(model.meta.filename)
         if extra:
@@ -105,6 +105,9 @@ class SkySubStep(DrizStep):
         data = model.data
         if model.meta.background.subtracted:
             data = data + np.float32(model.meta.background.level or 0.0)
+        elif library_on_disk:
+            # the model's arrays close with it when it is shelved back to disk
+            data = np.array(data)
         units = model.meta.units
         return SkyChip(
             data=data,

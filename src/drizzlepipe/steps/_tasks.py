@@ -1,0 +1,260 @@
+"""Per-chip and per-exposure tasks that the steps hand to :class:`drizzlepipe.execution.Executor`.
+
+Tasks are module-level functions of one picklable argument (a small dataclass holding WCS
+objects, scalars and :class:`~drizzlepipe.execution.ArrayRef` handles), so they run the same in
+this thread, a thread pool, worker processes or a dask.distributed cluster.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..algorithms.blot import blot
+from ..algorithms.crdetect import CTEGrowthSkippedWarning, detect_cosmic_rays
+from ..algorithms.pixmap import compute_pixmap
+from ..algorithms.resample import DrizzleAccumulator, ResampleInputError, build_weight
+from ..execution import ArrayRef
+
+__all__ = ["ChipJob", "DrizzleJob", "BlotCRJob", "drizzle_chips", "blot_and_detect"]
+
+
+@dataclass
+class ChipJob:
+    """One chip ready to drizzle: data already sky-subtracted and converted (see
+    :func:`drizzlepipe.steps._drizzle_common.chip_job`)."""
+
+    data: ArrayRef
+    bad_mask: ArrayRef
+    variance: ArrayRef | None
+    wcs: Any
+    shape: tuple
+    exptime: float
+    in_units: str
+    iscale: float
+    pixel_scale_ratio: float
+    label: str
+    context_id: int | None = None
+    weight_variance: ArrayRef | None = None  # for err/ivm weights
+
+
+@dataclass
+class DrizzleJob:
+    """Chips to drizzle into one accumulator on one grid."""
+
+    chips: list
+    grid_wcs: Any
+    grid_shape: tuple
+    kernel: str
+    pixfrac: float
+    fillval: float
+    stepsize: int
+    weight_type: str = "exptime"
+    enable_context: bool = False
+    enable_err: bool = False
+    n_inputs: int | None = None
+    finalize: bool = True
+
+
+@dataclass
+class DrizzleResult:
+    """What a :class:`DrizzleJob` produced: the finished arrays or the open accumulator."""
+
+    product: Any = None
+    accumulator: Any = None
+    added: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+
+def _weight(job, chip, data, bad_mask):
+    if job.weight_type == "exptime":
+        return None
+    variance = chip.weight_variance.get()
+    if job.weight_type == "err":
+        return build_weight(
+            "err", exptime=chip.exptime, bad_mask=bad_mask, data=data, err=np.sqrt(variance),
+            in_units=chip.in_units, iscale=chip.iscale,
+        )  # fmt: skip
+    with np.errstate(divide="ignore"):
+        ivm = np.where(variance > 0, 1.0 / variance, 0.0)
+    return build_weight(
+        "ivm", exptime=chip.exptime, bad_mask=bad_mask, data=data, ivm=ivm,
+        in_units=chip.in_units, iscale=chip.iscale,
+    )  # fmt: skip
+
+
+def drizzle_chips(job):
+    """Drizzle the chips of ``job`` in order; chips that cannot be drizzled are skipped.
+
+    Returns
+    -------
+    DrizzleResult
+        ``product`` (finalized arrays) or ``accumulator`` (when ``job.finalize`` is False, for
+        merging), the labels added and the messages of the chips skipped.
+    """
+    accumulator = DrizzleAccumulator(
+        job.grid_shape,
+        kernel=job.kernel,
+        fillval=job.fillval,
+        enable_context=job.enable_context,
+        enable_err=job.enable_err,
+        n_inputs=job.n_inputs,
+    )
+    result = DrizzleResult()
+    for chip in job.chips:
+        data, bad_mask = chip.data.get(), chip.bad_mask.get()
+        variance = chip.variance.get() if chip.variance is not None else None
+        try:
+            pixmap = compute_pixmap(chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize)
+            accumulator.add_chip(
+                data,
+                pixmap,
+                exptime=chip.exptime,
+                weight=_weight(job, chip, data, bad_mask),
+                bad_mask=bad_mask,
+                variance=variance if job.enable_err else None,
+                in_units=chip.in_units,
+                iscale=chip.iscale,
+                pixel_scale_ratio=chip.pixel_scale_ratio,
+                pixfrac=job.pixfrac,
+                context_id=chip.context_id,
+                label=chip.label,
+            )
+            result.added.append(chip.label)
+        except ResampleInputError as error:
+            result.skipped.append(str(error))
+    if not result.added:
+        return result
+    if job.finalize:
+        result.product = accumulator.finalize()
+    else:
+        result.accumulator = accumulator
+    return result
+
+
+@dataclass
+class BlotCRJob:
+    """One chip to check for cosmic rays against the median."""
+
+    data: ArrayRef  # the chip's data in its own units, sky included
+    err: ArrayRef | None  # in the chip's units (noise='err')
+    wcs: Any
+    shape: tuple
+    label: str
+    median: ArrayRef  # median with holes filled
+    holes: ArrayRef | None
+    median_wcs: Any
+    blot_iscale: float  # median -> chip units
+    sky: float  # chip units, added to the blot
+    to_counts: float  # chip units -> electrons (counts)
+    readnoise: float
+    readout_direction: int
+    noise: str
+    snr: tuple
+    scale: tuple
+    grow: int
+    ctegrow: int
+    interp: str
+    sinscl: float
+    stepsize: int
+    keep_blot: bool = False
+    median_weight: ArrayRef | None = None  # sum of the singles' weights [s], for median noise
+    exptime: float = 1.0
+
+
+def median_variance(pixel_variance, n_exposures):
+    """Variance of a median of ``n`` exposures whose pixels have ``pixel_variance`` each.
+
+    ``(pi / 2) sigma**2 / n`` for a median of n >= 3 values (asymptotic efficiency of the
+    median), ``sigma**2 / n`` for the mean of two (n is the exposures' total weight over one
+    exposure's, so it need not be an integer).
+    """
+    n = np.maximum(n_exposures, 1.0)
+    factor = (np.where(n >= 3, np.pi / 2, 1.0) / n).astype(np.float32)
+    return pixel_variance * factor
+
+
+@dataclass
+class BlotCRResult:
+    """Cosmic-ray mask (bit-packed), the blot when asked for, and warnings to log."""
+
+    packed_mask: np.ndarray | None
+    shape: tuple
+    n_flagged: int
+    blotted: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
+
+    def mask(self):
+        """The boolean cosmic-ray mask (True = cosmic ray)."""
+        if self.packed_mask is None:
+            return np.zeros(self.shape, dtype=bool)
+        size = int(np.prod(self.shape))
+        return np.unpackbits(self.packed_mask, count=size).astype(bool).reshape(self.shape)
+
+
+def blot_and_detect(job):
+    """Blot the median onto one chip and find its cosmic rays.
+
+    Returns
+    -------
+    BlotCRResult
+        ``packed_mask`` is None when no chip pixel has median data (nothing was checked).
+    """
+    pixmap = compute_pixmap(job.wcs, job.shape, job.median_wcs, stepsize=job.stepsize)
+    blotted = blot(
+        job.median.get(),
+        pixmap,
+        interp=job.interp,
+        sinscl=job.sinscl,
+        iscale=job.blot_iscale,
+        fill_value=np.nan,
+    )
+    if job.holes is not None:
+        # Chip pixels whose nearest median pixel had no data are not checked.
+        no_data = blot(job.holes.get(), pixmap, interp="nearest", fill_value=1.0) > 0.5
+        blotted[no_data] = np.nan
+    n_exposures = None
+    if job.median_weight is not None:
+        # Exposures behind each blotted pixel: the median's total weight over this chip's.
+        weight = blot(job.median_weight.get(), pixmap, interp="nearest", fill_value=0.0)
+        n_exposures = weight / np.float32(job.exptime)
+    del pixmap
+    blotted += np.float32(job.sky)
+    if not np.isfinite(blotted).any():
+        return BlotCRResult(None, job.shape, -1, blotted if job.keep_blot else None)
+    counts = np.float32(job.to_counts)
+    err = job.err.get() * counts if job.err is not None else None
+    model_variance = None
+    if n_exposures is not None:
+        # one exposure's pixel variance: ERR**2, or the detector model of the blot
+        if err is not None:
+            pixel_variance = np.square(np.nan_to_num(err))
+        else:
+            pixel_variance = np.abs(blotted * counts) + np.float32(job.readnoise**2)
+        model_variance = median_variance(pixel_variance, n_exposures)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CTEGrowthSkippedWarning)
+        cr_mask = detect_cosmic_rays(
+            job.data.get() * counts,
+            blotted * counts,
+            noise=job.noise,
+            gain=1.0,
+            readnoise=job.readnoise,
+            err=err,
+            snr=job.snr,
+            scale=job.scale,
+            grow=job.grow,
+            ctegrow=job.ctegrow,
+            readout_direction=job.readout_direction,
+            model_variance=model_variance,
+        )
+    return BlotCRResult(
+        packed_mask=np.packbits(cr_mask, axis=None),
+        shape=job.shape,
+        n_flagged=int(np.count_nonzero(cr_mask)),
+        blotted=blotted if job.keep_blot else None,
+        warnings=[str(w.message) for w in caught],
+    )
