@@ -5,9 +5,10 @@
 ``dask.distributed`` scheduler (``tcp://host:port``). Results never depend on the scheduler:
 tasks are pure functions of their arguments and results are combined in a fixed order.
 
-Why ``processes`` is the default: the drizzle and blot C kernels of the ``drizzle`` package hold
-Python's GIL (measured here: two ``blot_image`` calls in two threads take exactly twice as long
-as one), so threads cannot run them in parallel; worker processes can.
+The default is ``threads``: no data is copied, and numpy releases the GIL. But the drizzle and
+blot C kernels of the ``drizzle`` package hold Python's GIL (measured here: two ``blot_image``
+calls in two threads take exactly twice as long as one), so only ``processes`` or a cluster
+run *those* in parallel, at the price of writing the chips' arrays to scratch files.
 
 Data passing: workers receive small arguments (WCS objects passed through
 :meth:`Executor.portable`, scalars) and :class:`ArrayRef` handles. With ``serial`` and
@@ -76,8 +77,8 @@ class Executor:
         directory); a new subdirectory is made and removed by :meth:`close`.
     """
 
-    def __init__(self, scheduler="processes", n_workers=None, scratch_dir=None):
-        scheduler = str(scheduler or "processes")
+    def __init__(self, scheduler="threads", n_workers=None, scratch_dir=None):
+        scheduler = str(scheduler or "threads")
         if scheduler not in SCHEDULERS and not scheduler.startswith(("tcp://", "tls://")):
             raise ValueError(
                 f"scheduler must be one of {', '.join(SCHEDULERS)} or a dask.distributed "

@@ -73,7 +73,7 @@ class DrizzlePipeline(DrizPipeline):
             log.info("No input given: nothing to drizzle")
             return None
         # One executor (worker pool, scratch directory) shared by every step of the run.
-        with Executor(self.scheduler or "processes", self.n_workers) as self.executor:
+        with Executor(self.scheduler or "threads", self.n_workers) as self.executor:
             try:
                 return self._run(input_data)
             finally:

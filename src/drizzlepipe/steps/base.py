@@ -74,7 +74,7 @@ class DrizStep(Step):
 
     spec = """
     output_ext = string(default='.fits')  # File type of saved products (.fits or .asdf)
-    scheduler = string(default=None)  # serial, threads, processes or tcp://host:port (None: the pipeline's, else processes)
+    scheduler = string(default=None)  # serial, threads, processes or tcp://host:port (None: the pipeline's, else threads)
     n_workers = integer(default=None, min=1)  # Workers for threads/processes (None: all cores)
     """  # noqa: E501
 
@@ -150,7 +150,7 @@ class DrizStep(Step):
         if shared is not None and self.scheduler is None and self.n_workers is None:
             yield shared
             return
-        with Executor(self.scheduler or "processes", self.n_workers) as executor:
+        with Executor(self.scheduler or "threads", self.n_workers) as executor:
             yield executor
 
     def prepare_library(self, init, on_disk=False):
