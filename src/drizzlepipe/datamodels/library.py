@@ -204,6 +204,11 @@ class ModelLibrary(AbstractModelLibrary):
         return self._product_name
 
     @property
+    def on_disk(self):
+        """True when shelved models live in temporary files (the pipeline's in_memory=False)."""
+        return bool(self._on_disk)
+
+    @property
     def crds_observatory(self):
         """drizzlepipe never contacts CRDS; this satisfies stpipe's protocol."""
         return "drizzlepipe"

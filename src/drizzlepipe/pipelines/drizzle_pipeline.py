@@ -15,6 +15,7 @@ SKIPPED in ``meta.cal_step``), and a step whose input is missing is skipped too.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 
 import numpy as np
@@ -72,12 +73,17 @@ class DrizzlePipeline(DrizPipeline):
             # e.g. "strun drizzle_pipeline --save-parameters=pars.asdf" without inputs
             log.info("No input given: nothing to drizzle")
             return None
-        # One executor (worker pool, scratch directory) shared by every step of the run.
-        with Executor(self.scheduler or "threads", self.n_workers) as self.executor:
+        # One executor (worker pool, scratch directory) shared by every step of the run, and
+        # one scratch directory for the singles an on-disk run keeps in files.
+        with (
+            Executor(self.scheduler or "threads", self.n_workers) as self.executor,
+            tempfile.TemporaryDirectory(prefix="drizzlepipe-", dir=self.output_dir) as scratch,
+        ):
+            self.scratch_dir = scratch
             try:
                 return self._run(input_data)
             finally:
-                self.executor = None
+                self.executor = self.scratch_dir = None
 
     def _run(self, input_data):
         started = time.perf_counter()

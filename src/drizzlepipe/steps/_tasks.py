@@ -19,7 +19,15 @@ from ..algorithms.pixmap import compute_pixmap
 from ..algorithms.resample import DrizzleAccumulator, ResampleInputError, build_weight
 from ..execution import ArrayRef
 
-__all__ = ["ChipJob", "DrizzleJob", "BlotCRJob", "drizzle_chips", "blot_and_detect"]
+__all__ = [
+    "ChipJob",
+    "DrizzleJob",
+    "BlotCRJob",
+    "drizzle_chips",
+    "new_accumulator",
+    "add_chip",
+    "blot_and_detect",
+]
 
 
 @dataclass
@@ -95,37 +103,10 @@ def drizzle_chips(job):
         ``product`` (finalized arrays) or ``accumulator`` (when ``job.finalize`` is False, for
         merging), the labels added and the messages of the chips skipped.
     """
-    accumulator = DrizzleAccumulator(
-        job.grid_shape,
-        kernel=job.kernel,
-        fillval=job.fillval,
-        enable_context=job.enable_context,
-        enable_err=job.enable_err,
-        n_inputs=job.n_inputs,
-    )
+    accumulator = new_accumulator(job)
     result = DrizzleResult()
     for chip in job.chips:
-        data, bad_mask = chip.data.get(), chip.bad_mask.get()
-        variance = chip.variance.get() if chip.variance is not None else None
-        try:
-            pixmap = compute_pixmap(chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize)
-            accumulator.add_chip(
-                data,
-                pixmap,
-                exptime=chip.exptime,
-                weight=_weight(job, chip, data, bad_mask),
-                bad_mask=bad_mask,
-                variance=variance if job.enable_err else None,
-                in_units=chip.in_units,
-                iscale=chip.iscale,
-                pixel_scale_ratio=chip.pixel_scale_ratio,
-                pixfrac=job.pixfrac,
-                context_id=chip.context_id,
-                label=chip.label,
-            )
-            result.added.append(chip.label)
-        except ResampleInputError as error:
-            result.skipped.append(str(error))
+        add_chip(accumulator, job, chip, result)
     if not result.added:
         return result
     if job.finalize:
@@ -133,6 +114,44 @@ def drizzle_chips(job):
     else:
         result.accumulator = accumulator
     return result
+
+
+def new_accumulator(job):
+    """An empty :class:`DrizzleAccumulator` for the grid and switches of ``job``."""
+    return DrizzleAccumulator(
+        job.grid_shape,
+        kernel=job.kernel,
+        fillval=job.fillval,
+        enable_context=job.enable_context,
+        enable_err=job.enable_err,
+        n_inputs=job.n_inputs,
+    )
+
+
+def add_chip(accumulator, job, chip, result):
+    """Drizzle one :class:`ChipJob` into ``accumulator``; record it in ``result`` as added or
+    skipped (chips that cannot be drizzled are reported, not fatal)."""
+    data, bad_mask = chip.data.get(), chip.bad_mask.get()
+    variance = chip.variance.get() if chip.variance is not None else None
+    try:
+        pixmap = compute_pixmap(chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize)
+        accumulator.add_chip(
+            data,
+            pixmap,
+            exptime=chip.exptime,
+            weight=_weight(job, chip, data, bad_mask),
+            bad_mask=bad_mask,
+            variance=variance if job.enable_err else None,
+            in_units=chip.in_units,
+            iscale=chip.iscale,
+            pixel_scale_ratio=chip.pixel_scale_ratio,
+            pixfrac=job.pixfrac,
+            context_id=chip.context_id,
+            label=chip.label,
+        )
+        result.added.append(chip.label)
+    except ResampleInputError as error:
+        result.skipped.append(str(error))
 
 
 @dataclass

@@ -7,8 +7,9 @@ import logging
 
 import numpy as np
 
-from ..algorithms.resample import ResampleInputError, merge_accumulators
+from ..algorithms.resample import ResampleInputError
 from ..datamodels import ResampledModel, dqflags
+from ..execution import Executor
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
@@ -17,7 +18,7 @@ from ._drizzle_common import (
     drizzled_bunit,
     parse_fillval,
 )
-from ._tasks import DrizzleJob, drizzle_chips
+from ._tasks import DrizzleJob, DrizzleResult, add_chip, new_accumulator
 from .base import DrizStep
 
 __all__ = ["DrizFinalStep"]
@@ -59,49 +60,42 @@ class DrizFinalStep(DrizStep):
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
             self.weight_type,
         )  # fmt: skip
-        with self.execution() as executor:
-            chips, groups, exposures, reference = self._chip_jobs(library, grid, executor)
-            # One accumulation over all chips, in library order: partial accumulations on
-            # several workers would each hold a full set of output arrays and would have to
-            # travel back and be merged, which measured slower here than drizzling in one task
-            # (drizzle's kernel holds the GIL, so threads cannot share the work either).
-            job = self._job(chips, executor.portable(grid.wcs), grid.shape, len(library))
-            results = executor.map(drizzle_chips, [job])
-        added = {label for result in results for label in result.added}
-        for result in results:
-            for reason in result.skipped:
-                log.warning("%s: skipped", reason)
-        accumulators = [result.accumulator for result in results if result.accumulator]
-        if not accumulators:
-            raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
-        product = merge_accumulators(accumulators).finalize()
-        log.info("Drizzled %d of %d chips", len(added), len(chips))
-        used = {group for chip, group in zip(chips, groups) if chip.label in added}
-        exposures = {group: times for group, times in exposures.items() if group in used}
-        inputs = [chip.label for chip in chips]  # context-bit order: bit i is chip i
-        return self._product(product, grid, inputs, len(added), exposures, reference, library)
-
-    def _chip_jobs(self, library, grid, executor):
-        chips, groups, exposures, reference = [], [], {}, None
-        need_variance = self.compute_err
+        # One accumulation over all chips, one chip in memory at a time, in library order.
+        # (Partial accumulations on several workers each hold a full set of output arrays that
+        # must travel back and be merged: slower here, and drizzle's kernel holds the GIL.)
+        job = self._job([], grid.wcs, grid.shape, len(library))
+        accumulator, result = new_accumulator(job), DrizzleResult()
+        labels, groups, exposures, reference = [], [], {}, None
+        local = Executor("serial")
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
                 try:
                     crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
-                    chips.append(
-                        chip_job(
-                            model, grid.pixel_scale, executor, good_bits=self.good_bits,
-                            crbit=crbit, with_variance=need_variance,
-                            weight_type=self.weight_type, context_id=index,
-                        )
+                    chip = chip_job(
+                        model, grid.pixel_scale, local, good_bits=self.good_bits, crbit=crbit,
+                        with_variance=self.compute_err, weight_type=self.weight_type,
+                        context_id=index,
                     )  # fmt: skip
+                    labels.append(chip.label)
                     groups.append(model.meta.group_id)
                     exposures.setdefault(model.meta.group_id, _exposure_times(model))
                     reference = reference or model
+                    add_chip(accumulator, job, chip, result)
+                    del chip
                 finally:
                     library.shelve(model, index, modify=False)
-        return chips, groups, exposures, reference
+                log.info("Final drizzle: chip %d/%d", index + 1, len(library))
+        for reason in result.skipped:
+            log.warning("%s: skipped", reason)
+        if not result.added:
+            raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
+        product = accumulator.finalize()
+        added = set(result.added)
+        used = {group for label, group in zip(labels, groups) if label in added}
+        exposures = {group: times for group, times in exposures.items() if group in used}
+        # context-bit order: bit i is chip i of the library
+        return self._product(product, grid, labels, len(added), exposures, reference, library)
 
     def _job(self, chips, grid_wcs, grid_shape, n_inputs):
         return DrizzleJob(

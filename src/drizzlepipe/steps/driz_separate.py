@@ -31,7 +31,8 @@ class DrizSeparateStep(DrizStep):
 
     Weights are the exposure time on good pixels (DQ with ``good_bits`` and the static mask);
     the sky is subtracted on the fly and data are converted to a rate per output pixel.
-    Returns a list of :class:`ResampledModel`, one per exposure, in library group order.
+    Returns one single per exposure, in library group order: a :class:`ResampledModel`, or the
+    path of its file when it was saved (``save_results``) or the library lives on disk.
     """
 
     class_alias = "driz_separate"
@@ -53,29 +54,44 @@ class DrizSeparateStep(DrizStep):
             "Output grid %d x %d at %.5f arcsec/pixel, kernel %s, pixfrac %g",
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
         )  # fmt: skip
-        groups = list(library.group_indices.items())
-        with self.execution() as executor:
-            jobs, metadata = [], []
-            for _, indices in groups:
-                job, meta = self._exposure_job(library, indices, grid, executor)
-                jobs.append(job)
-                metadata.append(meta)
-            results = executor.map(drizzle_chips, jobs)
+        groups = list(library.group_indices.values())
+        # On disk (in_memory=False) the singles go to files that CreateMedian reads by row
+        # sections, so memory holds only the exposures being drizzled, not all the singles.
+        spill = self.single_dir() if library.on_disk and not self.save_results else None
         singles = []
-        for number, (result, meta) in enumerate(zip(results, metadata), start=1):
-            for reason in result.skipped:
-                log.warning("%s: skipped", reason)
-            if result.product is None:
-                log.warning("Exposure %s does not overlap the output grid: no single", meta[0])
-                continue
-            single = self._single(result, meta, grid)
-            log.info("Single %d/%d: %s", number, len(groups), single.meta.filename)
-            if self.save_results:
-                single.save(self.product_path(exposure_root(single.meta.filename), "single"))
-            singles.append(single)
+        with self.execution() as executor:
+            # exposures in batches of one per worker: at most that many in memory at a time
+            batch = max(1, executor.n_workers)
+            for start in range(0, len(groups), batch):
+                jobs, metadata = [], []
+                for indices in groups[start : start + batch]:
+                    job, meta = self._exposure_job(library, indices, grid, executor)
+                    jobs.append(job)
+                    metadata.append(meta)
+                for result, meta in zip(executor.map(drizzle_chips, jobs), metadata):
+                    single = self._finish(result, meta, grid, len(singles) + 1, len(groups))
+                    if single is None:
+                        continue
+                    root = exposure_root(single.meta.filename)
+                    if self.save_results:
+                        single = single.save(self.product_path(root, "single"))
+                    elif spill is not None:
+                        single = single.save(str(spill / f"{root}_single.fits"))
+                    singles.append(single)
         if not singles:
             raise ResampleInputError(None, "no exposure overlaps the output grid")
         return singles
+
+    def _finish(self, result, meta, grid, number, total):
+        """The single of one drizzled exposure, or None (with a warning) when it has no data."""
+        for reason in result.skipped:
+            log.warning("%s: skipped", reason)
+        if result.product is None:
+            log.warning("Exposure %s does not overlap the output grid: no single", meta[0])
+            return None
+        single = self._single(result, meta, grid)
+        log.info("Single %d/%d: %s", number, total, single.meta.filename)
+        return single
 
     def _exposure_job(self, library, indices, grid, executor):
         """The drizzle job of one exposure and the metadata its single needs."""

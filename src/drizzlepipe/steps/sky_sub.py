@@ -72,7 +72,7 @@ class SkySubStep(DrizStep):
             chips, labels, files = [], [], []
             for index in range(len(library)):
                 model = library.borrow(index)
-                chips.append(self._sky_chip(model, user_masks, library._on_disk))
+                chips.append(self._sky_chip(model, user_masks, library.on_disk))
                 labels.append(chip_label(model))
                 files.append(model.meta.filename)
                 library.shelve(model, index, modify=False)
