@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from drizzlepipe.algorithms.blot import blot, blot_intensity_scale, blot_pixmap
+from drizzlepipe.algorithms.blot import blot, blot_intensity_scale, blot_pixmap, sample_nearest
 from drizzlepipe.algorithms.grid import default_output_grid
 from drizzlepipe.algorithms.pixmap import compute_pixmap
 from drizzlepipe.algorithms.resample import DrizzleAccumulator, pixel_area_ratio
@@ -260,3 +260,15 @@ def test_blot_agrees_with_drizzlepac_do_blot(interp):
     # measured: median 2e-6, 99th percentile 1e-5 (their bilinear vs our bicubic map)
     assert np.median(relative) < 1e-3
     assert np.percentile(relative, 99) < 1e-2
+
+
+def test_sample_nearest_equals_drizzles_nearest_blot(rng):
+    image = rng.random((60, 70)).astype(np.float32)
+    # positions away from exact half-pixels (where rounding conventions may differ)
+    y, x = np.mgrid[0:40, 0:50].astype(np.float64)
+    pixmap = np.dstack([x * 1.3 - 3.21, y * 1.4 - 2.37])
+    expected = blot(image, pixmap, interp="nearest", fill_value=-1.0)
+    got = sample_nearest(image, pixmap, fill_value=-1.0)
+    inside = expected != -1.0
+    assert inside.sum() > 1000 and (~inside).sum() > 100
+    np.testing.assert_array_equal(got, expected)

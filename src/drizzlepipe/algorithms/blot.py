@@ -47,6 +47,7 @@ __all__ = [
     "blot_intensity_scale",
     "blot_pixmap",
     "fill_holes",
+    "sample_nearest",
 ]
 
 # Our names (AstroDrizzle's, and drizzle's spellings of the lanczos ones) -> drizzle 3.0 names.
@@ -226,3 +227,32 @@ def fill_holes(image):
     nearest = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
     filled = image[tuple(nearest)]
     return filled, invalid.astype(np.float32)
+
+
+def sample_nearest(image, pixmap, fill_value=0.0):
+    """Value of the nearest ``image`` pixel at every position of ``pixmap`` (a lookup, no
+    interpolation): what ``blot(..., interp="nearest")`` gives, an order of magnitude faster.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D array sampled (e.g. the median's holes or weight).
+    pixmap : numpy.ndarray
+        ``(ny, nx, 2)`` 0-based x, y positions on ``image``.
+    fill_value : float
+        Value where a position falls outside ``image`` or is NaN.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of the pixmap's shape ``(ny, nx)`` and the image's dtype.
+    """
+    image = np.asarray(image)
+    ny, nx = image.shape
+    with np.errstate(invalid="ignore"):
+        x = np.floor(pixmap[..., 0] + 0.5)
+        y = np.floor(pixmap[..., 1] + 0.5)
+        inside = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+    out = np.full(pixmap.shape[:2], fill_value, dtype=image.dtype)
+    out[inside] = image[y[inside].astype(np.intp), x[inside].astype(np.intp)]
+    return out

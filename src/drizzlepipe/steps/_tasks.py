@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..algorithms.blot import blot
+from ..algorithms.blot import blot, sample_nearest
 from ..algorithms.crdetect import CTEGrowthSkippedWarning, detect_cosmic_rays
 from ..algorithms.pixmap import compute_pixmap
 from ..algorithms.resample import DrizzleAccumulator, ResampleInputError, build_weight
@@ -233,12 +233,12 @@ def blot_and_detect(job):
     )
     if job.holes is not None:
         # Chip pixels whose nearest median pixel had no data are not checked.
-        no_data = blot(job.holes.get(), pixmap, interp="nearest", fill_value=1.0) > 0.5
+        no_data = sample_nearest(job.holes.get(), pixmap, fill_value=1.0) > 0.5
         blotted[no_data] = np.nan
     n_exposures = None
     if job.median_weight is not None:
         # Exposures behind each blotted pixel: the median's total weight over this chip's.
-        weight = blot(job.median_weight.get(), pixmap, interp="nearest", fill_value=0.0)
+        weight = sample_nearest(job.median_weight.get(), pixmap, fill_value=0.0)
         n_exposures = weight / np.float32(job.exptime)
     del pixmap
     blotted += np.float32(job.sky)
