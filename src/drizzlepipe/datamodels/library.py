@@ -219,6 +219,11 @@ class ModelLibrary(AbstractModelLibrary):
             raise DrizzlepipeInputError(
                 filename, "expected one chip (ImageModel) for a library member"
             )
+        if self._on_disk and Path(filename).parent.parent == self._temp_path:
+            # A shelved temporary copy: the model keeps its input's name, not the copy's.
+            source = model.meta.source.path if model.meta.hasattr("source") else None
+            if source:
+                model.meta.filename = split_selector(source)[0].name
         return model
 
     @classmethod
@@ -243,6 +248,14 @@ class ModelLibrary(AbstractModelLibrary):
             model.meta.asn.table_name = self._asn["table_name"]
         if "asn_pool" in self._asn:
             model.meta.asn.pool_name = self._asn["asn_pool"]
+
+    def shelve(self, model, index=None, modify=True):
+        """Return a borrowed model (see stpipe); an on-disk copy keeps the input's file name."""
+        model._keep_filename = True
+        try:
+            super().shelve(model, index, modify)
+        finally:
+            del model._keep_filename
 
     def _temp_path_for_model(self, model, index):
         # ASDF is the fastest exact round trip for a shelved chip.

@@ -13,8 +13,6 @@ FITS viewer understands them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from astropy.wcs import WCS as FitsWCS
 from stdatamodels import DataModel, fits_support
 
 from .. import __version__
+from ._atomic import atomic_target
 
 __all__ = ["DrizDataModel", "ImageModel", "ResampledModel"]
 
@@ -72,6 +71,8 @@ class DrizDataModel(DataModel):
     def on_save(self, path=None):
         """Record the final (not the temporary) file name and the write date."""
         target = self.__dict__.get("_atomic_target")
+        if self.__dict__.get("_keep_filename"):
+            target = self.meta.filename  # a library's temporary copy keeps the input's name
         super().on_save(str(target) if target is not None else path)
         self.meta.date = Time.now().isot
         self.meta.software = {"name": "drizzlepipe", "version": __version__}
@@ -99,22 +100,14 @@ class DrizDataModel(DataModel):
         suffix = target.suffix.lower()
         if suffix not in (".fits", ".asdf"):
             raise ValueError(f"{target}: unknown file type {suffix!r} (use .fits or .asdf)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent
-        )
-        os.close(fd)
         self._atomic_target = target.name
         try:
-            if suffix == ".fits":
-                kwargs.setdefault("overwrite", True)
-                self.to_fits(tmp_name, *args, **kwargs)
-            else:
-                self.to_asdf(tmp_name, *args, **kwargs)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+            with atomic_target(target, suffix) as tmp_name:
+                if suffix == ".fits":
+                    kwargs.setdefault("overwrite", True)
+                    self.to_fits(tmp_name, *args, **kwargs)
+                else:
+                    self.to_asdf(tmp_name, *args, **kwargs)
         finally:
             del self._atomic_target
         return str(target)

@@ -8,30 +8,22 @@ the originals.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
+from ..exceptions import DrizzlepipeInputError
+from ._atomic import atomic_target
 from .readers._common import split_selector
 
-__all__ = ["write_fits_atomic", "write_exposure_copy", "write_chip_arrays"]
+__all__ = ["write_fits_atomic", "write_exposure_copy", "write_copies", "write_chip_arrays"]
 
 
 def write_fits_atomic(hdulist, path):
     """Write ``hdulist`` to ``path`` through a temporary file and a rename; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.fits", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, ".fits") as tmp_name:
         hdulist.writeto(tmp_name, overwrite=True, output_verify="silentfix")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return str(path)
 
 
@@ -105,6 +97,47 @@ def write_exposure_copy(models, path, *, data_override=None):
     return write_fits_atomic(hdulist, path)
 
 
+def write_copies(models, path_for, *, data_override=None):
+    """Write one :func:`write_exposure_copy` per input file among ``models``.
+
+    Parameters
+    ----------
+    models : list of ImageModel
+        Chips of one exposure (which may come from several files, e.g. the detectors of a
+        JWST exposure).
+    path_for : callable
+        ``path_for(input file name) -> output path``.
+    data_override : list of ndarray or None
+        Replacement SCI arrays, one per model.
+
+    Returns
+    -------
+    list of str
+        The paths written.
+
+    Raises
+    ------
+    DrizzlepipeInputError
+        If an output path is one of the input files (they are never overwritten).
+    """
+    by_file = {}
+    for index, model in enumerate(models):
+        by_file.setdefault(model.meta.filename, []).append(index)
+    written = []
+    for name, indices in by_file.items():
+        path = Path(path_for(name))
+        source = _source_file(models[indices[0]])
+        if source is not None and path.resolve() == source.resolve():
+            raise DrizzlepipeInputError(
+                source, f"refusing to overwrite an input file with its product {path.name}"
+            )
+        override = None if data_override is None else [data_override[i] for i in indices]
+        written.append(
+            write_exposure_copy([models[i] for i in indices], path, data_override=override)
+        )
+    return written
+
+
 def _first_image_index(hdulist):
     for index, hdu in enumerate(hdulist):
         if hdu.header.get("NAXIS", 0) == 2:
@@ -137,19 +170,14 @@ def _write_jwst_copy(model, source, path, data_override):
     with jwst_datamodels.open(str(source)) as original:
         copy = original.copy()
     copy.dq = model.dq.astype(np.uint32)
-    copy.meta.background.level = float(model.meta.background.level or 0.0)
-    copy.meta.background.subtracted = bool(model.meta.background.subtracted)
+    if not copy.meta.background.subtracted:
+        # the copy holds the original data: record the sky we found, not subtracted
+        copy.meta.background.level = float(model.meta.background.level or 0.0)
+        copy.meta.background.subtracted = False
     if data_override is not None:
         copy.data = np.asarray(data_override[0], dtype=np.float32)
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.fits", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, ".fits") as tmp_name:
         copy.save(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return str(path)
 
 

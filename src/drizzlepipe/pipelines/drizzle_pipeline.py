@@ -57,6 +57,8 @@ class DrizzlePipeline(DrizPipeline):
     crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final (None: by mission)
     good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final
     save_intermediates = boolean(default=False)  # Save the products of every step
+    units = option('counts', 'countrate', 'surface_brightness', default=None)  # Units of inputs without (or with a wrong) BUNIT
+    exptime = float(default=None)  # Exposure time [s] of inputs without one
     """  # noqa: E501
 
     step_defs = {
@@ -90,7 +92,7 @@ class DrizzlePipeline(DrizPipeline):
         library = (
             input_data
             if isinstance(input_data, ModelLibrary)
-            else ModelLibrary(input_data, on_disk=not self.in_memory)
+            else ModelLibrary(input_data, on_disk=not self.in_memory, **self._open_options())
         )
         self.product_root = self.product_name(library)
         self._share_defaults()
@@ -114,7 +116,13 @@ class DrizzlePipeline(DrizPipeline):
             if median is not None and not np.isfinite(median.data).any():
                 log.warning("The median rejected every pixel: cosmic-ray detection skipped")
                 median = None
-            library = run(timings, "blot_cr", library, median, library=library, on_skip=library)
+            if median is None and self.blot_cr.median:
+                median_args = ()  # the user's median file (steps.blot_cr.median)
+            else:
+                median_args = (median,)
+            library = run(
+                timings, "blot_cr", library, *median_args, library=library, on_skip=library
+            )
         final = run(timings, "driz_final", library, library=library, on_skip=None)
         if final is None:
             log.warning("driz_final was skipped: no final product")
@@ -128,6 +136,14 @@ class DrizzlePipeline(DrizPipeline):
             path = final.save(self.product_path(self.product_root, "drz"))
             log.info("Final product written to %s", path)
         return final
+
+    def _open_options(self):
+        """What the user states about inputs the readers cannot tell (units, exposure time)."""
+        return {
+            key: value
+            for key, value in (("units", self.units), ("exptime", self.exptime))
+            if value is not None
+        }
 
     def _share_defaults(self):
         """Pipeline-level good_bits/crbit/save_intermediates reach the steps still at defaults."""

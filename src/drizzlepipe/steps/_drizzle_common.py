@@ -146,9 +146,23 @@ def chip_variance(model, factor):
         return (model.var_poisson + model.var_rnoise) * np.float32(factor**2)
     if model.meta.has_err is not False:
         return np.square(model.err, dtype=np.float32) * np.float32(factor**2)
-    electrons = np.clip(model.data * np.float32(factor), 0, None)
+    return detector_variance(model, factor, np.clip(model.data * np.float32(factor), 0, None))
+
+
+def detector_variance(model, factor, signal):
+    """Poisson + read-noise variance of ``signal`` (the chip's data units x ``factor``).
+
+    Counts are electrons already; rates are turned into electrons with the exposure time and
+    the variance back into rate units (``(rate t + rn**2) / t**2``).
+    """
+    exptime = float(model.meta.exposure.exptime)
+    per_second = model.meta.units == "countrate"
+    electrons = np.asarray(signal, dtype=np.float32) * np.float32(exptime if per_second else 1.0)
     readnoise = float(model.meta.detector.readnoise or 0.0)
-    return (electrons + np.float32(readnoise**2)).astype(np.float32)
+    variance = electrons + np.float32(readnoise**2)
+    if per_second:
+        variance /= np.float32(exptime**2)
+    return variance.astype(np.float32)
 
 
 def bad_pixels(model, good_bits, *, use_static=True, crbit=None):
@@ -176,16 +190,9 @@ def weight_variance(model, factor, weight_type):
         return None
     if model.var_rnoise is not None:
         return model.var_rnoise * np.float32(factor**2)
-    exptime = float(model.meta.exposure.exptime)
-    per_second = model.meta.units == "countrate"
-    sky_electrons = float(model.meta.background.level or 0.0) * factor
-    if per_second:
-        sky_electrons *= exptime
-    readnoise = float(model.meta.detector.readnoise or 0.0)
-    variance = max(sky_electrons, 0.0) + readnoise**2
-    if per_second:
-        variance /= exptime**2
-    return np.full(model.data.shape, max(variance, 1e-30), dtype=np.float32)
+    sky = max(float(model.meta.background.level or 0.0) * factor, 0.0)
+    variance = detector_variance(model, factor, np.full(model.data.shape, sky, np.float32))
+    return np.maximum(variance, np.float32(1e-30))
 
 
 def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_variance=False,

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 #: Suffixes drizzlepipe writes; stripped from input names so re-runs do not pile them up.
 KNOWN_SUFFIXES = (
     "staticmask",
+    "sky",
     "skysub",
     "single",
     "med",

@@ -19,7 +19,7 @@ from ..algorithms.crdetect import parse_pair, summarize_cr_mask
 from ..algorithms.grid import pixel_scale
 from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import ResampledModel, dqflags, open_path
-from ..datamodels.writers import write_chip_arrays, write_exposure_copy
+from ..datamodels.writers import write_chip_arrays, write_copies
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import chip_label, electrons_factor
 from ._tasks import BlotCRJob, blot_and_detect
@@ -46,7 +46,7 @@ class BlotCRStep(DrizStep):
     sinscl = float(default=1.0)  # Sinc scale (kept for AstroDrizzle compatibility; unused)
     snr = string(default='3.5 3.0')  # Signal-to-noise thresholds of the two passes
     scale = string(default='1.2 0.7')  # Multipliers of the blot derivative of the two passes
-    noise = option('detector', 'err', default='detector')  # Noise model: gain/read noise, or ERR
+    noise = option('auto', 'detector', 'err', default='auto')  # Noise: gain/read noise, ERR, or auto (ERR for surface brightness)
     grow = integer(default=1, min=1)  # Width of the box grown around each cosmic ray (1 = none)
     ctegrow = integer(default=0, min=0)  # Pixels flagged along the readout direction
     crbit = integer(default=None)  # DQ value of cosmic rays (None: 4096 HST, OUTLIER+DO_NOT_USE JWST)
@@ -119,11 +119,14 @@ class BlotCRStep(DrizStep):
         """The blot + detection task of one chip (all unit conversions decided here)."""
         label = chip_label(model)
         units = model.meta.units
-        if units == "surface_brightness" and self.noise == "detector":
+        noise = self.noise
+        if noise == "auto":
+            noise = "err" if units == "surface_brightness" else "detector"
+        if units == "surface_brightness" and noise == "detector":
             raise DrizzlepipeInputError(
                 label, "surface-brightness data need noise='err' (no gain/read-noise model)"
             )
-        if self.noise == "err" and model.meta.has_err is False:
+        if noise == "err" and model.meta.has_err is False:
             raise DrizzlepipeInputError(label, "noise='err' but the chip has no ERR array")
         exptime = float(model.meta.exposure.exptime)
         to_electrons = electrons_factor(model)
@@ -139,7 +142,7 @@ class BlotCRStep(DrizStep):
         data = model.data + np.float32(sky) if model.meta.background.subtracted else model.data
         return BlotCRJob(
             data=executor.share(data),
-            err=executor.share(model.err) if self.noise == "err" else None,
+            err=executor.share(model.err) if noise == "err" else None,
             wcs=executor.portable(model.meta.wcs),
             shape=tuple(model.data.shape),
             label=label,
@@ -152,7 +155,7 @@ class BlotCRStep(DrizStep):
             to_counts=to_electrons * (exptime if chip_units == "cps" else 1.0),
             readnoise=float(model.meta.detector.readnoise or 0.0),
             readout_direction=int(model.meta.detector.readout_direction or 0),
-            noise=self.noise,
+            noise=noise,
             snr=snr,
             scale=scale,
             grow=self.grow,
@@ -191,7 +194,7 @@ class BlotCRStep(DrizStep):
         root = exposure_root(models[0].meta.filename)
         chips = [int(m.meta.chip or 1) for m in models]
         if self.save_results:
-            write_exposure_copy(models, self.product_path(root, "crf"))
+            write_copies(models, lambda name: self.product_path(exposure_root(name), "crf"))
         if self.save_blot:
             write_chip_arrays(
                 [(chip, result.blotted) for chip, result in zip(chips, results)],
@@ -209,5 +212,12 @@ class BlotCRStep(DrizStep):
             cleaned = []
             for model, result in zip(models, results):
                 replace = result.mask() & np.isfinite(result.blotted)
-                cleaned.append(np.where(replace, result.blotted, model.data).astype(np.float32))
-            write_exposure_copy(models, self.product_path(root, "crclean"), data_override=cleaned)
+                data = model.data  # the blot includes the sky: so must the data it replaces
+                if model.meta.background.subtracted:
+                    data = data + np.float32(model.meta.background.level or 0.0)
+                cleaned.append(np.where(replace, result.blotted, data).astype(np.float32))
+            write_copies(
+                models,
+                lambda name: self.product_path(exposure_root(name), "crclean"),
+                data_override=cleaned,
+            )

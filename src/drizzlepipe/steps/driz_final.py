@@ -30,7 +30,8 @@ class DrizFinalStep(DrizStep):
     """Drizzle every chip onto the output grid: science, weight, error and context.
 
     ``weight_type``: ``exptime`` (exposure time on good pixels), ``err`` (inverse variance
-    from ERR) or ``ivm`` (inverse variance from VAR_POISSON + VAR_RNOISE when present, else ERR).
+    from ERR, AstroDrizzle's ERR) or ``ivm`` (inverse variance without the sources' Poisson
+    noise: VAR_RNOISE when present, as JWST, else sky + read noise, AstroDrizzle's IVM).
     Bad pixels: DQ bits outside ``good_bits``, the static mask, and cosmic rays (``crbit``).
     The error image is the standard error of the weighted mean (drizzle's squared-weight sums).
     """

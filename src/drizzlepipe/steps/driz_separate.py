@@ -104,8 +104,11 @@ class DrizSeparateStep(DrizStep):
                     chips.append(chip)
                     factor = electrons_factor(model)
                     readnoise2.append(float(model.meta.detector.readnoise or 0.0) ** 2)
-                    # per output pixel: the sky of an input pixel times the area ratio
-                    skies.append(float(model.meta.background.level or 0.0) * factor * chip.iscale)
+                    # electrons per output pixel: an input pixel's sky times the area ratio
+                    sky = float(model.meta.background.level or 0.0) * factor * chip.iscale
+                    if model.meta.units == "countrate":
+                        sky *= float(model.meta.exposure.exptime)
+                    skies.append(sky)
                     first = first or _single_metadata(model)
                 finally:
                     library.shelve(model, index, modify=False)

@@ -20,7 +20,7 @@ from astropy.io import fits
 from ..algorithms.grid import pixel_scale
 from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky
 from ..datamodels.readers._common import split_selector
-from ..datamodels.writers import write_exposure_copy
+from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import bad_pixels, chip_label
 from .base import DrizStep, exposure_root
@@ -132,10 +132,11 @@ class SkySubStep(DrizStep):
 
     def _record(self, model, level, method):
         level = float(level)
+        if model.meta.background.subtracted:
+            # data whose sky was already subtracted get it back first: the new level replaces
+            # the old one (else the drizzle steps would subtract a sky a second time)
+            model.data += np.float32(model.meta.background.level or 0.0)
         if self.subtract:
-            already = float(model.meta.background.level or 0.0)
-            if model.meta.background.subtracted:
-                model.data += np.float32(already)
             model.data -= np.float32(level)
         model.meta.background.level = level
         model.meta.background.subtracted = bool(self.subtract)
@@ -175,8 +176,7 @@ class SkySubStep(DrizStep):
             for indices in library.group_indices.values():
                 models = [library.borrow(index) for index in indices]
                 try:
-                    root = exposure_root(models[0].meta.filename)
-                    write_exposure_copy(models, self.product_path(root, "sky"))
+                    write_copies(models, lambda n: self.product_path(exposure_root(n), "sky"))
                 finally:
                     for model, index in zip(models, indices):
                         library.shelve(model, index, modify=False)

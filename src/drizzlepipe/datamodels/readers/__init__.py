@@ -17,7 +17,7 @@ from ..models import ImageModel, ResampledModel
 from ._common import chip_member_name, file_kind, open_fits, split_selector
 from .generic import read_plain_fits
 from .hst import is_hst, read_hst_chip, sci_extvers
-from .jwst import convert_jwst_model, is_jwst, read_jwst_image
+from .jwst import convert_jwst_model, group_id_from_header, is_jwst, read_jwst_image
 
 __all__ = [
     "open_path",
@@ -140,7 +140,9 @@ def chip_members(path):
         return [(str(path), None)]
     with open_fits(path) as hdulist:
         primary = hdulist[0].header
-        if _own_model_class(primary) is not None or is_jwst(primary):
+        if is_jwst(primary):
+            return [(str(path), group_id_from_header(primary, None))]
+        if _own_model_class(primary) is not None:
             return [(str(path), None)]
         versions = sci_extvers(hdulist)
         if not versions:

@@ -91,8 +91,7 @@ def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True):
     meta.detector.readout_direction = 0
     meta.dq_convention = "hst"
     meta.has_err = has_err
-    sky = first_keyword(headers, ("MDRIZSKY",))
-    meta.background.level = float(sky) if sky is not None else 0.0
+    meta.background.level = 0.0  # a header sky is used only on request (SkySub user_keyword)
     meta.background.subtracted = False
     meta.group_id = path.name.rsplit(".", 1)[0]
     meta.source.path = str(path.resolve())

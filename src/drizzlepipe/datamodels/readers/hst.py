@@ -149,8 +149,9 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None):
         meta.detector.pixel_scale = float(idcscale)
     meta.dq_convention = "hst"
     meta.has_err = has_err
-    sky = sci.header.get("MDRIZSKY")
-    meta.background.level = float(sky) if sky is not None else 0.0
+    # MDRIZSKY left by an earlier AstroDrizzle run is not trusted as a sky (it would be
+    # subtracted again if the sky step is skipped); SkySub's user_keyword reads it on request.
+    meta.background.level = 0.0
     meta.background.subtracted = False
     rootname = str(primary.get("ROOTNAME", "")).strip().lower()
     meta.group_id = rootname or path.name.split("_")[0]

@@ -35,26 +35,36 @@ def read_jwst_image(path, *, units=None, exptime=None):
         return convert_jwst_model(jwst_model, path, units=units, exptime=exptime)
 
 
-def _jwst_group_id(meta, fallback):
-    """JWST's exposure grouping: program, observation, visit, visit group, sequence, activity,
-    exposure (as ``jwst.datamodels.utils.group_id``); chips (detectors) of one exposure share it.
-    """
-    observation = meta.observation
-    parts = [
-        getattr(observation, name, None)
-        for name in (
-            "program_number",
-            "observation_number",
-            "visit_number",
-            "visit_group",
-            "sequence_id",
-            "activity_id",
-            "exposure_number",
-        )
-    ]
-    if any(part is None for part in parts):
+#: meta.observation attributes and FITS keywords of JWST's exposure grouping, in order.
+_GROUP_PARTS = (
+    ("program_number", "PROGRAM"),
+    ("observation_number", "OBSERVTN"),
+    ("visit_number", "VISIT"),
+    ("visit_group", "VISITGRP"),
+    ("sequence_id", "SEQ_ID"),
+    ("activity_id", "ACT_ID"),
+    ("exposure_number", "EXPOSURE"),
+)
+
+
+def jwst_group_id(parts, fallback):
+    """JWST's exposure grouping (as ``jwst.datamodels.utils.group_id``): detectors of one
+    exposure share it. ``parts``: program, observation, visit, visit group, sequence,
+    activity, exposure; ``fallback`` when any is missing."""
+    parts = list(parts)
+    if any(part in (None, "") for part in parts):
         return fallback
     return "jw{}{}{}_{}{}{}_{}".format(*parts)
+
+
+def group_id_from_header(header, fallback):
+    """:func:`jwst_group_id` from a primary header (no arrays read)."""
+    return jwst_group_id((header.get(key) for _, key in _GROUP_PARTS), fallback)
+
+
+def _jwst_group_id(meta, fallback):
+    observation = meta.observation
+    return jwst_group_id((getattr(observation, name, None) for name, _ in _GROUP_PARTS), fallback)
 
 
 def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None):
