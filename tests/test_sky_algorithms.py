@@ -10,6 +10,7 @@ from astropy.wcs import WCS
 
 from drizzlepipe.algorithms.sky import (
     SkyChip,
+    SkyCoverage,
     SkyMatchError,
     SkyStatistic,
     brightness_factor,
@@ -510,3 +511,62 @@ def test_unusable_wcs_raises_sky_match_error(rng):
     with pytest.raises(SkyMatchError, match="non-finite"):
         match_sky(chips)
     assert localmin_sky(chips).sky[1] == 1.0  # the fallback needs no WCS
+
+
+# ---------------------------------------------------------------------------------------------
+# block-wise labelling and grouping (the fast paths of match)
+
+
+def _rotated_chips(size=300):
+    """Three chips with different rotations, scales and offsets: many regions, slanted edges."""
+    return [
+        SkyChip(np.zeros((size, size), np.float32), tan_wcs((150, 150), 0.1, 30.0), "a", 0.1, 1, 0),
+        SkyChip(
+            np.zeros((size, size), np.float32), tan_wcs((60, 230), 0.08, -15.0), "b", 0.1, 1, 0
+        ),
+        SkyChip(np.zeros((size, size), np.float32), tan_wcs((250, 90), 0.1, 4.0), "c", 0.1, 1, 0),
+    ]
+
+
+def test_block_labels_equal_per_pixel_labels(monkeypatch):
+    # Blocks whose cells all carry one label are filled without interpolating each pixel; that
+    # must give exactly the labels of the per-pixel computation.
+    coverage = sky_coverage(_rotated_chips(), grid_step=16)
+    original = SkyCoverage._uniform_blocks
+    uniform_fraction = []
+
+    def spy(self, grid_u, grid_v):
+        blocks = original(self, grid_u, grid_v)
+        uniform_fraction.append(float(np.mean(blocks >= 0)))
+        return blocks
+
+    monkeypatch.setattr(SkyCoverage, "_uniform_blocks", spy)
+    fast = [coverage.pixel_labels(index) for index in range(3)]
+    monkeypatch.setattr(
+        SkyCoverage,
+        "_uniform_blocks",
+        lambda self, u, v: np.full((u.shape[0] - 1, u.shape[1] - 1), -1),
+    )
+    for index in range(3):
+        np.testing.assert_array_equal(fast[index], coverage.pixel_labels(index))
+    assert min(uniform_fraction) > 0.5  # the shortcut really covers most blocks
+    assert coverage.nregions >= 5
+
+
+def test_group_pixels_groups_like_pixel_labels(rng):
+    coverage = sky_coverage(_rotated_chips(), grid_step=16)
+    data = rng.normal(100.0, 10.0, (300, 300)).astype(np.float32)
+    flags = rng.random((300, 300)) < 0.1
+    labels = coverage.pixel_labels(1)
+    (values, grouped_flags), region_labels, sizes = coverage.group_pixels(1, [data, flags])
+    np.testing.assert_array_equal(region_labels, np.unique(labels))
+    first = 0
+    for label, size in zip(region_labels, sizes):
+        inside = labels == label
+        assert size == inside.sum()
+        # same pixels in each region, in another order: compare (value, flag) pairs sorted
+        expected = np.sort(data[inside] + 1000.0 * flags[inside])
+        found = np.sort(values[first : first + size] + 1000.0 * grouped_flags[first : first + size])
+        np.testing.assert_array_equal(found, expected)
+        first += size
+    assert first == data.size

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import drizzlepipe.algorithms.stats as stats_module
 from drizzlepipe.algorithms.stats import LabelledSample, imagestats, union_imagestats
 
 FIELDS = ("npix", "mean", "stddev", "min", "max", "median", "mode", "midpt")
@@ -299,3 +300,155 @@ def test_input_arrays_are_not_modified(rng):
         before = values.copy()
         imagestats(values, **SKY)
         np.testing.assert_array_equal(values, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# fast paths: both region-search strategies, masks, pre-grouped input, zeros, precision
+
+
+def _blocky_labels(shape, block=(40, 100), regions_per_row=7):
+    """Labels in rectangular blocks, like image regions: long runs of equal labels along rows."""
+    rows, cols = np.indices(shape)
+    return (rows // block[0]) * regions_per_row + (cols // block[1]) % regions_per_row
+
+
+def _union_fields(sample, labels, pars):
+    stats = union_imagestats([(sample, labels)], **pars)
+    return [stats[name] for name in FIELDS]
+
+
+def test_union_over_many_regions_searches_by_key_and_by_region_alike(rng, monkeypatch):
+    # A search over more than a few dozen regions uses 64-bit composite keys, fewer regions are
+    # searched one by one; the union of 60 regions must equal imagestats either way.
+    values = _sky_like(rng, 200_000)
+    labels = rng.integers(0, 120, values.size)
+    sample = LabelledSample(values, labels)
+    chosen = np.arange(0, 120, 2)
+    reference = imagestats(values[np.isin(labels, chosen)], **SKY)
+    keyed = union_imagestats([(sample, chosen)], **SKY)
+    assert keyed.npix == reference.npix
+    for name in ("min", "max", "median"):
+        assert keyed[name] == reference[name], name  # order statistics: exact
+    for name in ("mean", "stddev", "mode", "midpt"):
+        # per-region sums combined: float64 rounding moves the mean by < 1 float32 ulp
+        assert keyed[name] == pytest.approx(reference[name], rel=1e-6), name
+    monkeypatch.setattr(stats_module, "_SEARCH_LOOP_REGIONS", 10**9)
+    looped = union_imagestats([(sample, chosen)], **SKY)
+    for name in FIELDS:
+        assert looped[name] == keyed[name], name  # same positions found: identical results
+
+
+@pytest.mark.parametrize("loop_limit", [0, 10**9])
+def test_positive_and_negative_zeros_are_one_value(rng, monkeypatch, loop_limit):
+    # -0.0 and +0.0 compare equal but have different bit patterns; the median and the histogram
+    # bins sit on them here, in both search strategies.
+    monkeypatch.setattr(stats_module, "_SEARCH_LOOP_REGIONS", loop_limit)
+    values = rng.normal(0.0, 1.0, 60_000).astype(np.float32)
+    values[:25_000] = 0.0
+    values[25_000:40_000] = -0.0
+    labels = rng.integers(0, 60, values.size)
+    union = union_imagestats([(LabelledSample(values, labels), np.arange(60))], **SKY)
+    reference = imagestats(values, **SKY)
+    assert reference.median == 0.0
+    for name in FIELDS:
+        assert union[name] == pytest.approx(reference[name], rel=1e-6, abs=1e-12), name
+    assert union.npix == reference.npix and union.median == 0.0
+
+
+def test_labelled_sample_mask_is_the_same_as_dropping_values(rng):
+    values = _sky_like(rng, (300, 420))
+    labels = _blocky_labels(values.shape)
+    mask = rng.random(values.shape) < 0.2
+    mask[labels == 3] = True  # one region entirely masked
+    values[mask] = np.nan
+    values[mask & (rng.random(values.shape) < 0.5)] = np.inf
+    masked = LabelledSample(values, labels, mask)
+    dropped = LabelledSample(values[~mask], labels[~mask])
+    assert masked.size == (~mask).sum()
+    np.testing.assert_array_equal(masked.region_labels, dropped.region_labels)
+    assert 3 not in masked.region_labels
+    for chosen in (masked.region_labels, [0, 1, 2, 3, 9, 10]):
+        # same values in every region: identical statistics
+        assert _union_fields(masked, chosen, SKY) == pytest.approx(
+            _union_fields(dropped, chosen, SKY), rel=0, abs=0, nan_ok=True
+        )
+
+
+def test_runs_of_labels_and_scattered_labels_give_identical_samples(rng):
+    # Labels in long runs are grouped run by run, scattered ones by a stable sort of the labels:
+    # the same values per region either way, so identical statistics.
+    values = _sky_like(rng, (240, 360))
+    labels = _blocky_labels(values.shape)
+    order = rng.permutation(values.size)
+    runs = LabelledSample(values, labels)
+    scattered = LabelledSample(values.ravel()[order], labels.ravel()[order])
+    for chosen in (runs.region_labels, [1, 5, 8, 13]):
+        assert _union_fields(runs, chosen, STATIC) == _union_fields(scattered, chosen, STATIC)
+
+
+def test_from_groups_and_scale_agree_with_the_constructor(rng):
+    values = _sky_like(rng, 90_000)
+    labels = np.repeat(rng.permutation(30), 3_000)
+    scale = 0.37
+    order = np.argsort(labels, kind="stable")
+    distinct, sizes = np.unique(labels, return_counts=True)
+    grouped = LabelledSample.from_groups(values[order], distinct, sizes, scale=scale)
+    scaled = LabelledSample(values * np.float32(scale), labels)  # float32 products, as documented
+    for chosen in (distinct, distinct[::4]):
+        assert _union_fields(grouped, chosen, SKY) == _union_fields(scaled, chosen, SKY)
+    with pytest.raises(ValueError):
+        LabelledSample.from_groups(values[order], distinct[::-1], sizes[::-1])
+    with pytest.raises(ValueError):
+        LabelledSample.from_groups(values[order], distinct, sizes + 1)
+    with pytest.raises(ValueError):
+        LabelledSample(values, labels, scale=0.0)
+
+
+def test_small_spread_at_a_high_level_keeps_its_precision(rng):
+    # sigma 0.02 on a level of 1e4: raw sums of squares would cancel 11 of their 16 digits;
+    # deviations from a reference keep the standard deviation to float32 precision. ImageStats
+    # takes the deviations from the float32-rounded mean, and so does the reference here.
+    values = (1.0e4 + rng.normal(0.0, 0.02, 200_000)).astype(np.float32)
+    exact = values.astype(np.float64)
+    mean = float(np.float32(exact.mean()))
+    expected = float(np.sqrt(np.sum((exact - mean) ** 2) / (exact.size - 1)))
+    assert imagestats(values, nclip=0).stddev == pytest.approx(expected, rel=1e-6)
+    sample = LabelledSample(values, np.repeat(np.arange(4), 50_000))
+    union = union_imagestats([(sample, [0, 1, 2, 3])], nclip=0)
+    assert union.stddev == pytest.approx(expected, rel=1e-6)
+
+
+def test_mask_of_fortran_ordered_arrays_lines_up_with_the_data(rng):
+    values = np.asfortranarray(_sky_like(rng, (200, 300)))
+    mask = np.asfortranarray(rng.random(values.shape) < 0.3)
+    values[mask] = 1e6  # would dominate every statistic if the mask were misaligned
+    ours = imagestats(values, mask, **SKY)
+    reference = imagestats(np.ascontiguousarray(values)[~np.ascontiguousarray(mask)], **SKY)
+    for name in FIELDS:
+        assert ours[name] == reference[name], name
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("nregions", [12, 90])  # searched region by region / through keys
+def test_union_of_regions_matches_stsci_imagestats(rng, nregions):
+    from stsci.imagestats import ImageStats
+
+    values = _sky_like(rng, 200_000)
+    labels = rng.integers(0, nregions, values.size)
+    chosen = np.arange(0, nregions, 2)
+    members = values[np.isin(labels, chosen)]
+    members[0] = np.float32(120.0)  # a typical first element (ImageStats' C min/max quirk)
+    values[np.flatnonzero(np.isin(labels, chosen))[0]] = members[0]
+    union = union_imagestats([(LabelledSample(values, labels), chosen)], **SKY)
+    peer = ImageStats(
+        members,
+        fields=",".join(FIELDS),
+        nclip=SKY["nclip"],
+        lsig=SKY["lsigma"],
+        usig=SKY["usigma"],
+        binwidth=SKY["binwidth"],
+    )
+    assert union.npix == peer.npix
+    for name in FIELDS[1:]:
+        # same tolerance as test_matches_stsci_imagestats (float rounding of sums only)
+        assert union[name] == pytest.approx(float(getattr(peer, name)), rel=1e-4), name

@@ -47,6 +47,13 @@ per region (:class:`~drizzlepipe.algorithms.stats.LabelledSample`). The statisti
 ``i`` inside its overlap with ``j`` is the statistic of the union of ``i``'s regions that ``j``
 covers, which costs O(regions x log(pixels)) instead of a pass over the pixels.
 
+Labelling and grouping work block by block of the node grid: a pixel interpolates its cell
+position from its block's four corner nodes, so it lies in their bounding box on the grid; when no
+two neighbouring cells in that box differ (a summed-area table of label changes answers this in
+O(1)), the whole block has that label, exactly as the per-pixel computation would give, and is
+copied as one rectangle. Only blocks straddling a region boundary (about 10% of a WFC3/UVIS chip
+in a four-exposure dither) are labelled pixel by pixel.
+
 Why a tangent-plane grid rather than spherical polygons: AstroDrizzle intersects every pair of
 chip polygons on the sphere (``spherical_geometry``), rasterises each intersection back into both
 chips and recomputes the statistic from the pixels, which is O(N^2) in polygon work and pixel
@@ -61,7 +68,11 @@ refused (:class:`SkyMatchError`). Very large fields use coarser cells (``max_gri
 
 Cost: O(N) WCS evaluations on node grids and rasterisations, one labelling and one sort per chip
 (O(pixels)), and O(N^2 x regions x log(pixels)) for the overlap statistics. One exposure's chips
-are held in working memory at a time (about 60 bytes per pixel).
+are held in working memory at a time (about 10 bytes per pixel: the grouped, sorted float32
+values of each chip, plus 8 bytes per pixel of search keys when one overlap spans more than a few
+dozen regions of a chip). Four full-frame WFC3/UVIS-like exposures (8 chips of 4096 x 2051) are
+matched in about 0.6 s on one core: per chip about 25 ms to label and group the pixels, 30 ms to
+sort them, 10 ms for the region sums, and a few ms for all the overlap statistics.
 
 Differences from AstroDrizzle/skypac (fixes)
 --------------------------------------------
@@ -528,16 +539,24 @@ def _node_positions(length: int, step: int) -> np.ndarray:
     return np.linspace(-0.5 + 1e-6, length - 0.5 - 1e-6, count)
 
 
-def _interpolation_matrix(length: int, nodes: np.ndarray) -> np.ndarray:
-    """Dense (length x nodes) linear interpolation weights from nodes to pixel centres."""
+def _node_intervals(length: int, nodes: np.ndarray) -> np.ndarray:
+    """Index of the node interval holding each pixel centre ``0 .. length - 1``."""
     centres = np.arange(length, dtype=np.float64)
-    interval = np.clip(np.searchsorted(nodes, centres, side="right") - 1, 0, nodes.size - 2)
+    return np.clip(np.searchsorted(nodes, centres, side="right") - 1, 0, nodes.size - 2)
+
+
+def _interpolate_rows(grid: np.ndarray, nodes: np.ndarray, length: int) -> np.ndarray:
+    """Each row of a node grid interpolated linearly to the pixel centres ``0 .. length - 1``.
+
+    Computed in float64 and rounded to float32. (A float32 matrix product with a sparse
+    interpolation matrix did this before: BLAS ran it in two threads, which took 10 ms instead of
+    0.2 ms per chip, and much longer when the other core was busy.)
+    """
+    centres = np.arange(length, dtype=np.float64)
+    interval = _node_intervals(length, nodes)
     fraction = (centres - nodes[interval]) / (nodes[interval + 1] - nodes[interval])
-    weights = np.zeros((length, nodes.size), dtype=np.float32)
-    rows = np.arange(length)
-    weights[rows, interval] = 1.0 - fraction
-    weights[rows, interval + 1] += fraction
-    return weights
+    interpolated = grid[:, interval] * (1.0 - fraction) + grid[:, interval + 1] * fraction
+    return interpolated.astype(np.float32)
 
 
 def _border(grid: np.ndarray) -> np.ndarray:
@@ -576,6 +595,7 @@ class SkyCoverage:
         self.owner = owner
         self.grid_step = int(grid_step)
         self._shapes = [chip.shape for chip in chips]
+        self._change_table = None
         self._nodes_x, self._nodes_y, self._grids = [], [], []
         vectors = []
         for index, chip in enumerate(chips):
@@ -683,13 +703,15 @@ class SkyCoverage:
         signature = np.cumsum(difference, axis=1, dtype=np.uint64)[:, :ncols]
         del difference
         signature = signature.ravel()
-        # distinct signatures are few: sort them, then find each cell's by binary search (much
-        # faster than np.unique's argsort over millions of cells)
-        distinct = np.unique(signature)
-        labels = np.searchsorted(distinct, signature).astype(np.int32)
-        self.label_grid = labels.reshape(nrows, ncols)
+        # Distinct signatures are few and cells come in long runs along rows: find the distinct
+        # values among the run starts, label whole runs and expand them (a np.unique or binary
+        # search over millions of cells took most of this method's time).
+        run_starts = np.concatenate(([0], np.flatnonzero(signature[1:] != signature[:-1]) + 1))
+        distinct, run_labels = np.unique(signature[run_starts], return_inverse=True)
+        run_lengths = np.diff(np.append(run_starts, signature.size))
+        self.label_grid = np.repeat(run_labels.astype(np.int32), run_lengths).reshape(nrows, ncols)
         representative = np.empty(distinct.size, dtype=np.int64)
-        representative[labels] = np.arange(labels.size)  # any cell of each region will do
+        representative[run_labels] = run_starts  # any cell of each region will do
         rep_rows, rep_cols = np.divmod(representative, ncols)
         # decode each region's set of exposures from one representative cell
         self.region_covers = np.zeros((distinct.size, len(self.exposure_ids)), dtype=bool)
@@ -705,34 +727,181 @@ class SkyCoverage:
         """Number of distinct regions (sets of covering exposures) on the grid."""
         return self.region_covers.shape[0]
 
-    def pixel_labels(self, index: int) -> np.ndarray:
-        """Region label (int32) of every pixel of chip ``index``, shape of the chip."""
+    def _label_change_table(self) -> np.ndarray:
+        """Summed-area table (one row and column of zeros in front) of the grid cells whose
+        label differs from that of their right or lower neighbour."""
+        if self._change_table is None:
+            grid = self.label_grid
+            change = np.zeros(grid.shape, dtype=bool)
+            np.not_equal(grid[:, 1:], grid[:, :-1], out=change[:, :-1])
+            change[:-1, :] |= grid[1:, :] != grid[:-1, :]
+            counter = np.int32 if grid.size < 2**31 else np.int64
+            table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), dtype=counter)
+            np.cumsum(change, axis=0, dtype=counter, out=table[1:, 1:])
+            np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+            self._change_table = table
+        return self._change_table
+
+    def _uniform_blocks(self, grid_u: np.ndarray, grid_v: np.ndarray):
+        """Label of every node-grid block of a chip whose cells all carry one label, else -1.
+
+        A pixel inside a block interpolates its cell position bilinearly from the block's four
+        corner nodes, so it lies in their bounding box (widened by a margin for float32 rounding);
+        when no two neighbouring cells in that box differ, every pixel of the block gets that
+        box's label, which is exactly what the per-pixel computation would give.
+        """
+        nrows, ncols = self.grid_shape
+        corners_u = np.stack([grid_u[:-1, :-1], grid_u[:-1, 1:], grid_u[1:, :-1], grid_u[1:, 1:]])
+        corners_v = np.stack([grid_v[:-1, :-1], grid_v[:-1, 1:], grid_v[1:, :-1], grid_v[1:, 1:]])
+        margin = 1e-2 + 1e-6 * max(np.abs(grid_u).max(), np.abs(grid_v).max())
+        col_lo = np.clip(np.floor(corners_u.min(axis=0) - margin), 0, ncols - 1).astype(np.int64)
+        col_hi = np.clip(np.floor(corners_u.max(axis=0) + margin), 0, ncols - 1).astype(np.int64)
+        row_lo = np.clip(np.floor(corners_v.min(axis=0) - margin), 0, nrows - 1).astype(np.int64)
+        row_hi = np.clip(np.floor(corners_v.max(axis=0) + margin), 0, nrows - 1).astype(np.int64)
+        table = self._label_change_table()
+        changes = (
+            table[row_hi + 1, col_hi + 1]
+            - table[row_lo, col_hi + 1]
+            - table[row_hi + 1, col_lo]
+            + table[row_lo, col_lo]
+        )
+        return np.where(changes == 0, self.label_grid[row_lo, col_lo], -1)
+
+    def _label_bands(self, index: int):
+        """Labels of chip ``index``, one band of pixel rows (between two node rows) at a time.
+
+        Yields ``(first, last, column_labels, columns, pixel_labels)``: rows ``first:last`` have
+        label ``column_labels[x]`` in every column ``x`` whose block lies inside one region,
+        -1 elsewhere; the remaining ``columns`` (block straddling a region boundary) have the
+        per-pixel ``pixel_labels`` (rows x columns, int32), or None when there are none.
+
+        The pixel positions on the grid come from a bilinear interpolation of the node grid,
+        done separably: along x once for every node row, then along y for the pixel rows
+        between two node rows, only where a block straddles a region boundary.
+        """
         ny, nx = self._shapes[index]
         grid_u, grid_v = self._cell_coordinates(index)
-        # Bilinear interpolation of the node grid, done separably: along x once for every node
-        # row (a small matrix product), then along y for the pixel rows between two node rows.
-        across = _interpolation_matrix(nx, self._nodes_x[index]).T
-        u_rows = grid_u.astype(np.float32) @ across
-        v_rows = grid_v.astype(np.float32) @ across
+        block_labels = self._uniform_blocks(grid_u, grid_v)
+        nodes_x = self._nodes_x[index]
+        column_block = _node_intervals(nx, nodes_x)
+        u_rows = _interpolate_rows(grid_u, nodes_x, nx)
+        v_rows = _interpolate_rows(grid_v, nodes_x, nx)
         nodes_y = self._nodes_y[index]
         centres = np.arange(ny, dtype=np.float64)
         nrows, ncols = self.grid_shape
         flat_grid = self.label_grid.ravel()
-        labels = np.empty((ny, nx), dtype=np.int32)
         for node in range(nodes_y.size - 1):
             first = max(int(math.ceil(nodes_y[node])), 0)
             last = ny if node == nodes_y.size - 2 else int(math.ceil(nodes_y[node + 1]))
             if last <= first:
                 continue
+            column_labels = block_labels[node][column_block]
+            columns = np.flatnonzero(column_labels < 0)
+            if columns.size == 0:
+                yield first, last, column_labels, columns, None
+                continue
             step = nodes_y[node + 1] - nodes_y[node]
             t = ((centres[first:last] - nodes_y[node]) / step).astype(np.float32)[:, None]
-            u = u_rows[node] + t * (u_rows[node + 1] - u_rows[node])
-            v = v_rows[node] + t * (v_rows[node + 1] - v_rows[node])
+            u_top, v_top = u_rows[node, columns], v_rows[node, columns]
+            u = u_top + t * (u_rows[node + 1, columns] - u_top)
+            v = v_top + t * (v_rows[node + 1, columns] - v_top)
             # cell indices; the grid has a margin of empty cells, the limits are only a guard
-            cell = np.minimum(np.maximum(v.astype(np.int64), 0), nrows - 1) * ncols
-            cell += np.minimum(np.maximum(u.astype(np.int64), 0), ncols - 1)
-            labels[first:last] = np.take(flat_grid, cell)
+            np.clip(u, 0, ncols - 1, out=u)
+            np.clip(v, 0, nrows - 1, out=v)
+            cell = v.astype(np.int32)
+            cell *= np.int32(ncols)
+            cell += u.astype(np.int32)
+            yield first, last, column_labels, columns, np.take(flat_grid, cell)
+
+    def pixel_labels(self, index: int) -> np.ndarray:
+        """Region label (int32) of every pixel of chip ``index``, shape of the chip."""
+        labels = np.empty(self._shapes[index], dtype=np.int32)
+        for first, last, column_labels, columns, pixel_labels in self._label_bands(index):
+            labels[first:last] = column_labels
+            if pixel_labels is not None:
+                labels[first:last, columns] = pixel_labels
         return labels
+
+    def group_pixels(self, index: int, arrays) -> tuple[list, np.ndarray, np.ndarray]:
+        """Chip ``index``'s pixels grouped by region, without a per-pixel label image.
+
+        Parameters
+        ----------
+        index : int
+            Chip index.
+        arrays : sequence of numpy.ndarray
+            Arrays of the chip's shape (data, mask, ...).
+
+        Returns
+        -------
+        grouped, labels, sizes
+            For each input array a new 1-D array holding the pixels of region ``labels[0]``
+            first (``sizes[0]`` of them), then ``labels[1]``, ... (labels ascending); the
+            grouping of :meth:`pixel_labels`, in another order inside each region.
+        """
+        # Pieces of the chip lying in one region: whole rectangles (runs of columns of blocks
+        # inside one region, times the rows of a band), and the pixels of blocks straddling
+        # region boundaries, gathered from all bands and grouped by a stable sort of their labels.
+        rectangles, bands = [], []
+        for first, last, column_labels, columns, pixel_labels in self._label_bands(index):
+            edges = np.flatnonzero(np.diff(column_labels)) + 1
+            run_starts = np.concatenate(([0], edges))
+            run_stops = np.concatenate((edges, [column_labels.size]))
+            run_labels = column_labels[run_starts]
+            for start, stop, label in zip(
+                run_starts.tolist(), run_stops.tolist(), run_labels.tolist()
+            ):
+                if label >= 0:
+                    rectangles.append(
+                        (label, (last - first) * (stop - start), first, last, start, stop)
+                    )
+            if pixel_labels is not None:
+                bands.append((first, last, columns, pixel_labels.ravel()))
+        scattered_labels = np.concatenate([band[3] for band in bands] + [np.zeros(0, np.int32)])
+        # numpy's stable sort is a radix sort for 16-bit keys
+        sort_key = (
+            scattered_labels.astype(np.uint16) if self.nregions <= 1 << 16 else scattered_labels
+        )
+        scattered_order = np.argsort(sort_key, kind="stable")
+        scattered_counts = np.bincount(scattered_labels, minlength=self.nregions)
+        scattered_present = np.flatnonzero(scattered_counts)
+        scattered_sizes = scattered_counts[scattered_present]
+        # one piece per rectangle and one per label among the scattered pixels
+        piece_labels = np.array(
+            [piece[0] for piece in rectangles] + scattered_present.tolist(), dtype=np.int64
+        )
+        piece_sizes = np.array(
+            [piece[1] for piece in rectangles] + scattered_sizes.tolist(), dtype=np.int64
+        )
+        labels, piece_codes = np.unique(piece_labels, return_inverse=True)
+        sizes = np.bincount(piece_codes, weights=piece_sizes, minlength=labels.size)
+        sizes = sizes.astype(np.int64)
+        # every piece goes after the earlier pieces of its region
+        order = np.argsort(piece_codes, kind="stable")
+        offsets = np.empty(piece_sizes.size, dtype=np.int64)
+        offsets[order] = np.cumsum(piece_sizes[order]) - piece_sizes[order]
+        rectangle_offsets = offsets[: len(rectangles)].tolist()
+        scattered_pieces = list(
+            zip(
+                offsets[len(rectangles) :].tolist(),
+                (np.cumsum(scattered_sizes) - scattered_sizes).tolist(),
+                scattered_sizes.tolist(),
+            )
+        )
+        grouped = []
+        for array in arrays:
+            out = np.empty(int(sizes.sum()), dtype=array.dtype)
+            for (_, size, first, last, start, stop), offset in zip(rectangles, rectangle_offsets):
+                piece = out[offset : offset + size].reshape(last - first, stop - start)
+                piece[...] = array[first:last, start:stop]
+            if bands:
+                gathered = np.concatenate(
+                    [array[first:last, columns].ravel() for first, last, columns, _ in bands]
+                )[scattered_order]
+                for offset, start, size in scattered_pieces:
+                    out[offset : offset + size] = gathered[start : start + size]
+            grouped.append(out)
+        return grouped, labels, sizes
 
     def overlapping_exposures(self) -> np.ndarray:
         """Boolean (E, E) matrix: exposures whose footprints share at least one grid cell."""
@@ -775,16 +944,18 @@ def sky_coverage(
 # match
 
 
-def _valid_pixels(chip: SkyChip, statistic: SkyStatistic) -> np.ndarray:
+def _invalid_pixels(chip: SkyChip, statistic: SkyStatistic) -> np.ndarray:
+    """True where a pixel cannot be used: masked, not finite, or outside ``lower``/``upper``."""
     data = np.asarray(chip.data)
-    valid = np.isfinite(data)
+    invalid = np.isfinite(data)
+    np.logical_not(invalid, out=invalid)
     if chip.mask is not None:
-        valid &= ~np.asarray(chip.mask, dtype=bool)
+        invalid |= np.asarray(chip.mask, dtype=bool)
     if statistic.lower is not None:
-        valid &= data >= np.float32(statistic.lower)
+        invalid |= data < np.float32(statistic.lower)
     if statistic.upper is not None:
-        valid &= data <= np.float32(statistic.upper)
-    return valid
+        invalid |= data > np.float32(statistic.upper)
+    return invalid
 
 
 def _measure_overlaps(chips, coverage: SkyCoverage, statistic: SkyStatistic):
@@ -801,14 +972,18 @@ def _measure_overlaps(chips, coverage: SkyCoverage, statistic: SkyStatistic):
         samples = []
         for index in np.nonzero(coverage.owner == exposure)[0]:
             chip = chips[index]
-            valid = _valid_pixels(chip, statistic)
-            if not valid.any():
+            invalid = _invalid_pixels(chip, statistic)
+            if invalid.all():
                 continue
-            labels = coverage.pixel_labels(index)[valid]
-            values = np.asarray(np.asarray(chip.data)[valid], dtype=np.float32)
-            values *= np.float32(chip.brightness_factor)  # brightness, rounded to float32
-            sample = LabelledSample(values, labels)
-            del values, labels
+            (values, excluded), labels, sizes = coverage.group_pixels(
+                index, [np.asarray(chip.data), invalid]
+            )
+            del invalid
+            # statistics in brightness units: values times the factor, rounded to float32
+            sample = LabelledSample.from_groups(
+                values, labels, sizes, excluded, scale=chip.brightness_factor
+            )
+            del values, excluded
             value, count = statistic.measure_union([(sample, sample.region_labels)])
             if count:
                 chip_brightness[index] = value
