@@ -11,6 +11,7 @@ from astropy.io import fits
 
 from drizzlepipe.datamodels import ModelLibrary
 from drizzlepipe.exceptions import DrizzlepipeInputError
+from drizzlepipe.pipelines import DrizzlePipeline
 from drizzlepipe.steps import (
     BlotCRStep,
     CreateMedianStep,
@@ -87,3 +88,16 @@ def test_count_rates_without_err_get_the_error_of_their_counts(tmp_path):
     # both are e-/s products of 1000 e- + 5 e- read noise per pixel in 100 s
     expected = np.sqrt(1000.0 + 25.0) / 100.0
     assert errors == pytest.approx([expected, expected], rel=0.02)
+
+
+def test_several_input_files_as_separate_arguments(small_simulation):
+    # strun passes each file named on the command line as its own argument
+    files = [str(p) for p in small_simulation.flt_files[:2]]
+    final = DrizzlePipeline().run(*files)
+    assert final.meta.resample.ndrizim == 4
+
+
+def test_err_weights_need_an_err_array(tmp_path):
+    _plain(tmp_path / "rate.fits", np.full((40, 50), 10.0), "ELECTRONS/S")
+    with pytest.raises(DrizzlepipeInputError, match="no ERR array"):
+        DrizFinalStep(weight_type="err").run(ModelLibrary(str(tmp_path / "rate.fits")))

@@ -70,7 +70,9 @@ class DrizzlePipeline(DrizPipeline):
         "driz_final": DrizFinalStep,
     }
 
-    def process(self, input_data=None):
+    def process(self, *inputs):
+        # strun passes every file named on the command line as its own argument
+        input_data = list(inputs) if len(inputs) > 1 else (inputs[0] if inputs else None)
         if input_data is None:
             # e.g. "strun drizzle_pipeline --save-parameters=pars.asdf" without inputs
             log.info("No input given: nothing to drizzle")

@@ -222,6 +222,10 @@ def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_varia
     -------
     ChipJob
     """
+    if weight_type == "err" and model.meta.has_err is False:
+        raise DrizzlepipeInputError(
+            chip_label(model), "weight_type='err' but there is no ERR array"
+        )
     factor = electrons_factor(model)
     sky = 0.0 if model.meta.background.subtracted else float(model.meta.background.level or 0.0)
     data = (model.data - np.float32(sky)) * np.float32(factor)

@@ -8,7 +8,6 @@ opener that uses drizzlepipe's readers, a parameter lookup that never leaves the
 from __future__ import annotations
 
 import logging
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -154,14 +153,6 @@ class DrizStep(Step):
             return
         with Executor(self.scheduler or "threads", self.n_workers) as executor:
             yield executor
-
-    def single_dir(self):
-        """Directory for single images kept on disk: the pipeline's scratch directory, or a
-        new temporary directory next to the outputs (removed with the pipeline's)."""
-        parent_dir = getattr(self.parent, "scratch_dir", None) if self.parent is not None else None
-        if parent_dir is not None:
-            return Path(parent_dir)
-        return Path(tempfile.mkdtemp(prefix="drizzlepipe-singles-", dir=self.output_dir or None))
 
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged)."""

@@ -4,6 +4,7 @@ product per exposure, as AstroDrizzle's driz_separate; the singles feed CreateMe
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -57,7 +58,10 @@ class DrizSeparateStep(DrizStep):
         groups = list(library.group_indices.values())
         # On disk (in_memory=False) the singles go to files that CreateMedian reads by row
         # sections, so memory holds only the exposures being drizzled, not all the singles.
-        spill = self.single_dir() if library.on_disk and not self.save_results else None
+        # Inside the pipeline they go to its scratch directory; a step run alone saves them.
+        scratch = getattr(self.parent, "scratch_dir", None) if self.parent is not None else None
+        spill = Path(scratch) if library.on_disk and scratch and not self.save_results else None
+        save = self.save_results or (library.on_disk and spill is None)
         singles = []
         with self.execution() as executor:
             # exposures in batches of one per worker: at most that many in memory at a time
@@ -73,7 +77,7 @@ class DrizSeparateStep(DrizStep):
                     if single is None:
                         continue
                     root = exposure_root(single.meta.filename)
-                    if self.save_results:
+                    if save:
                         single = single.save(self.product_path(root, "single"))
                     elif spill is not None:
                         single = single.save(str(spill / f"{root}_single.fits"))
