@@ -137,8 +137,9 @@ def make_plain_fits(path, *, shape=(30, 40), exptime=50.0, bunit="ELECTRONS/S", 
     return data
 
 
-def simple_gwcs(shape, crval=(53.1, -27.8), scale_arcsec=0.031):
-    """A gwcs imaging WCS (shift, scale, TAN, sky rotation) with a bounding box."""
+def simple_gwcs(shape, crval=(53.1, -27.8), scale_arcsec=0.031, offset=(0.0, 0.0), rotation=0.0):
+    """A gwcs imaging WCS (shift by the centre and ``offset`` px, rotation in deg, scale, TAN,
+    sky rotation) with a bounding box."""
     from astropy import coordinates as coord
     from astropy import units as u
     from astropy.modeling import models
@@ -147,8 +148,11 @@ def simple_gwcs(shape, crval=(53.1, -27.8), scale_arcsec=0.031):
 
     ny, nx = shape
     scale = scale_arcsec / 3600.0
+    shift = models.Shift(-(nx - 1) / 2.0 - offset[0]) & models.Shift(-(ny - 1) / 2.0 - offset[1])
+    if rotation:
+        shift = shift | models.Rotation2D(rotation)
     transform = (
-        (models.Shift(-(nx - 1) / 2.0) & models.Shift(-(ny - 1) / 2.0))
+        shift
         | (models.Scale(-scale) & models.Scale(scale))
         | models.Pix2Sky_TAN()
         | models.RotateNative2Celestial(crval[0], crval[1], 180.0)

@@ -20,6 +20,7 @@ from scipy import ndimage
 from scipy.special import erf
 
 from drizzlepipe.pipelines import DrizzlePipeline
+from fitsfactory import simple_gwcs
 
 REPO = Path(__file__).resolve().parents[1]
 JWST_CFG = REPO / "cfg" / "jwst_imaging.asdf"
@@ -42,26 +43,9 @@ JWST_CR_FLAGS = 1 | 16  # DO_NOT_USE | OUTLIER
 
 def _gwcs(offset, rotation_deg):
     """A gwcs imaging WCS: pixel -> (dithered, rotated) TAN plane at CRVAL -> ICRS."""
-    from astropy import coordinates as coord
-    from astropy import units as u
-    from astropy.modeling import models
-    from gwcs import coordinate_frames as cf
-    from gwcs import wcs as gwcs_wcs
-
-    ny, nx = SHAPE
-    degrees = PIXEL_SCALE / 3600.0
-    transform = (
-        (models.Shift(-(nx - 1) / 2.0 - offset[0]) & models.Shift(-(ny - 1) / 2.0 - offset[1]))
-        | models.Rotation2D(rotation_deg)
-        | (models.Scale(-degrees) & models.Scale(degrees))
-        | models.Pix2Sky_TAN()
-        | models.RotateNative2Celestial(CRVAL[0], CRVAL[1], 180.0)
+    return simple_gwcs(
+        SHAPE, crval=CRVAL, scale_arcsec=PIXEL_SCALE, offset=offset, rotation=rotation_deg
     )
-    detector = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
-    sky = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world")
-    wcs = gwcs_wcs.WCS([(detector, transform), (sky, None)])
-    wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
-    return wcs
 
 
 def _pixel_integrated_gaussian(x0, y0, sigma):
