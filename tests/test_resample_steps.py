@@ -213,3 +213,19 @@ def test_all_masked_and_nan_chips_are_skipped_with_a_warning(small_simulation, c
         final = DrizFinalStep(context=False).run(library)
     assert final.meta.resample.ndrizim == 6
     assert caplog.text.count("skipped") == 2
+
+
+def test_median_step_warns_about_minmed_with_many_inputs_and_refuses_bad_settings(
+    chain, caplog
+):
+    singles = chain["singles"]
+    many = singles + singles[:2]  # six inputs
+    with caplog.at_level(logging.WARNING):
+        CreateMedianStep(combine_type="minmed").run(many)
+    assert "biased low" in caplog.text and "nhigh=1" in caplog.text
+    with pytest.raises(ValueError, match="bufsize"):
+        CreateMedianStep(bufsize=-1.0).run(singles)
+    with pytest.raises(ValueError, match="nlow"):
+        CreateMedianStep(combine_type="median", nlow=2, nhigh=2).run(singles)
+    with pytest.raises(Exception, match="combine_type"):
+        CreateMedianStep(combine_type="mode")
