@@ -215,9 +215,7 @@ def test_all_masked_and_nan_chips_are_skipped_with_a_warning(small_simulation, c
     assert caplog.text.count("skipped") == 2
 
 
-def test_median_step_warns_about_minmed_with_many_inputs_and_refuses_bad_settings(
-    chain, caplog
-):
+def test_median_step_warns_about_minmed_with_many_inputs_and_refuses_bad_settings(chain, caplog):
     singles = chain["singles"]
     many = singles + singles[:2]  # six inputs
     with caplog.at_level(logging.WARNING):
