@@ -123,6 +123,14 @@ class OutputGridMaker:
         )
 
 
+def data_with_sky(model):
+    """The chip's data as read, sky included: a sky already subtracted is added back (a new
+    array then; otherwise the model's own array)."""
+    if model.meta.background.subtracted:
+        return model.data + np.float32(model.meta.background.level or 0.0)
+    return model.data
+
+
 def chip_label(model):
     """``file[SCI,n]`` for messages and context bookkeeping."""
     extension = model.meta.source.extension or f"SCI,{model.meta.chip or 1}"

@@ -21,7 +21,7 @@ from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import ResampledModel, dqflags, open_path
 from ..datamodels.writers import write_chip_arrays, write_copies
 from ..exceptions import DrizzlepipeInputError
-from ._drizzle_common import chip_label, electrons_factor
+from ._drizzle_common import chip_label, data_with_sky, electrons_factor
 from ._tasks import BlotCRJob, blot_and_detect
 from .base import DrizStep, exposure_root
 
@@ -139,9 +139,8 @@ class BlotCRStep(DrizStep):
         # blot are compared with the sky in both (it is part of the noise).
         iscale = blot_intensity_scale(exptime=exptime, chip_units=chip_units, pixel_area_ratio=area)
         sky = float(model.meta.background.level or 0.0)
-        data = model.data + np.float32(sky) if model.meta.background.subtracted else model.data
         return BlotCRJob(
-            data=executor.share(data),
+            data=executor.share(data_with_sky(model)),
             err=executor.share(model.err) if noise == "err" else None,
             wcs=executor.portable(model.meta.wcs),
             shape=tuple(model.data.shape),
@@ -212,9 +211,8 @@ class BlotCRStep(DrizStep):
             cleaned = []
             for model, result in zip(models, results):
                 replace = result.mask() & np.isfinite(result.blotted)
-                data = model.data  # the blot includes the sky: so must the data it replaces
-                if model.meta.background.subtracted:
-                    data = data + np.float32(model.meta.background.level or 0.0)
+                # the blot includes the sky: so must the data it replaces
+                data = data_with_sky(model)
                 cleaned.append(np.where(replace, result.blotted, data).astype(np.float32))
             write_copies(
                 models,

@@ -22,7 +22,7 @@ from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
-from ._drizzle_common import bad_pixels, chip_label
+from ._drizzle_common import bad_pixels, chip_label, data_with_sky
 from .base import DrizStep, exposure_root
 
 __all__ = ["SkySubStep"]
@@ -102,10 +102,8 @@ class SkySubStep(DrizStep):
                     mask_file, f"mask shape {user.shape} differs from {model.data.shape}"
                 )
             mask |= user == 0
-        data = model.data
-        if model.meta.background.subtracted:
-            data = data + np.float32(model.meta.background.level or 0.0)
-        elif library_on_disk:
+        data = data_with_sky(model)
+        if library_on_disk and data is model.data:
             # the model's arrays close with it when it is shelved back to disk
             data = np.array(data)
         units = model.meta.units
