@@ -646,3 +646,23 @@ def print_side_by_side(
     text = "\n".join(lines) + "\n"
     print(text, end="", file=file or sys.stdout)
     return text
+
+
+#: Python source that makes stsci.skypac 1.0.12 work with spherical-geometry 1.4 (which removed
+#: ``SphericalPolygon.iter_polygons_flat``): without it AstroDrizzle's ``match`` sky methods
+#: crash inside skypac and silently fall back to ``localmin``. Run it (``exec``) or install it
+#: as ``sitecustomize.py`` in the peer process.
+SKYPAC_PATCH = """\
+from spherical_geometry.polygon import SphericalPolygon
+
+if not hasattr(SphericalPolygon, "iter_polygons_flat"):
+
+    def iter_polygons_flat(polygon):
+        for part in polygon.polygons:
+            if isinstance(part, SphericalPolygon):
+                yield from iter_polygons_flat(part)
+            else:
+                yield part
+
+    SphericalPolygon.iter_polygons_flat = iter_polygons_flat
+"""

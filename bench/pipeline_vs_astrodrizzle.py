@@ -75,6 +75,7 @@ from scipy import ndimage
 from _harness import (
     DEFAULT_PEER_PYTHON,
     REPO_ROOT,
+    SKYPAC_PATCH,
     _RssSampler,
     measure,
     print_side_by_side,
@@ -154,24 +155,6 @@ TABLE_ROWS = (
 )
 
 _STEP_LINE = re.compile(r"Step (?P<name>\w+) finished in (?P<seconds>[0-9.]+) s")
-
-# Makes stsci.skypac 1.0.12 work with spherical-geometry 1.4 in the AstroDrizzle process: the
-# removed generator is rebuilt from the public ``polygons`` attribute (as bench/sky_match.py).
-_SKYPAC_PATCH = '''\
-"""Added by bench/pipeline_vs_astrodrizzle.py: SphericalPolygon.iter_polygons_flat for skypac."""
-from spherical_geometry.polygon import SphericalPolygon
-
-if not hasattr(SphericalPolygon, "iter_polygons_flat"):
-
-    def iter_polygons_flat(polygon):
-        for part in polygon.polygons:
-            if isinstance(part, SphericalPolygon):
-                yield from iter_polygons_flat(part)
-            else:
-                yield part
-
-    SphericalPolygon.iter_polygons_flat = iter_polygons_flat
-'''
 
 
 def _fill(value, substitutions):
@@ -400,7 +383,7 @@ def run_peer(flt_files, workdir, peer_python, pars, sky_method):
     if "match" in sky_method:
         patch_dir = workdir / "_skypac_patch"
         patch_dir.mkdir(exist_ok=True)
-        (patch_dir / "sitecustomize.py").write_text(_SKYPAC_PATCH)
+        (patch_dir / "sitecustomize.py").write_text(SKYPAC_PATCH)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(patch_dir), saved_pythonpath]))
     try:
         return run_astrodrizzle(flt_files, workdir, peer_python=peer_python, **pars)

@@ -106,19 +106,11 @@ def run_ours(paths: list[Path]) -> dict:
 
 def run_peer(paths: list[Path]) -> dict:
     from astropy.io import fits
-    from spherical_geometry.polygon import SphericalPolygon
     from stsci.skypac.skymatch import skymatch
 
-    if not hasattr(SphericalPolygon, "iter_polygons_flat"):
+    from _harness import SKYPAC_PATCH
 
-        def iter_polygons_flat(polygon):
-            for part in polygon.polygons:
-                if isinstance(part, SphericalPolygon):
-                    yield from iter_polygons_flat(part)
-                else:
-                    yield part
-
-        SphericalPolygon.iter_polygons_flat = iter_polygons_flat
+    exec(SKYPAC_PATCH, {})  # noqa: S102 - our own source text, see bench/_harness.py
     listing = paths[0].parent / "inputs.lst"
     listing.write_text("".join(f"{p}[sci,1]\n" for p in paths))
     start = time.perf_counter()
