@@ -272,3 +272,22 @@ def test_sample_nearest_equals_drizzles_nearest_blot(rng):
     inside = expected != -1.0
     assert inside.sum() > 1000 and (~inside).sum() > 100
     np.testing.assert_array_equal(got, expected)
+
+
+def test_sample_nearest_of_several_images_at_nan_and_outside_positions(rng):
+    weight = rng.random((30, 40)).astype(np.float32)
+    holes = (rng.random((30, 40)) > 0.8).astype(np.float32)
+    y, x = np.mgrid[0:25, 0:35].astype(np.float64)
+    pixmap = np.dstack([x * 1.25 - 2.1, y * 1.3 - 1.7])
+    pixmap[3, 4] = np.nan
+    got_weight, got_holes = sample_nearest([weight, holes], pixmap, [0.0, 1.0])
+    # reference: an explicit loop over positions
+    for (row, col), _ in np.ndenumerate(pixmap[..., 0]):
+        px, py = pixmap[row, col]
+        xi, yi = np.floor(px + 0.5), np.floor(py + 0.5)
+        if np.isfinite(px) and 0 <= xi < 40 and 0 <= yi < 30:
+            assert got_weight[row, col] == weight[int(yi), int(xi)]
+            assert got_holes[row, col] == holes[int(yi), int(xi)]
+        else:
+            assert got_weight[row, col] == 0.0 and got_holes[row, col] == 1.0
+    assert np.count_nonzero(got_holes == 1.0) > 50  # outside positions were exercised

@@ -231,15 +231,19 @@ def blot_and_detect(job):
         iscale=job.blot_iscale,
         fill_value=np.nan,
     )
+    # Chip pixels whose nearest median pixel had no data are not checked; the exposures
+    # behind each blotted pixel are the median's total weight over this chip's.
+    sampled = [(ref.get(), fill) for ref, fill in ((job.holes, 1.0), (job.median_weight, 0.0))
+               if ref is not None]  # fmt: skip
+    values = []
+    if sampled:
+        images, fills = zip(*sampled)
+        values = sample_nearest(list(images), pixmap, list(fills))
     if job.holes is not None:
-        # Chip pixels whose nearest median pixel had no data are not checked.
-        no_data = sample_nearest(job.holes.get(), pixmap, fill_value=1.0) > 0.5
-        blotted[no_data] = np.nan
+        blotted[values.pop(0) > 0.5] = np.nan
     n_exposures = None
     if job.median_weight is not None:
-        # Exposures behind each blotted pixel: the median's total weight over this chip's.
-        weight = sample_nearest(job.median_weight.get(), pixmap, fill_value=0.0)
-        n_exposures = weight / np.float32(job.exptime)
+        n_exposures = values.pop(0) / np.float32(job.exptime)
     del pixmap
     blotted += np.float32(job.sky)
     if not np.isfinite(blotted).any():
