@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import pickle
+
 import numpy as np
 import pytest
 
-from drizzlepipe.execution import ArrayRef, Executor
+from drizzlepipe import execution
+from drizzlepipe.execution import _INHERITED, ArrayRef, Executor, ObjectRef
 from drizzlepipe.pipelines import DrizzlePipeline
 
 
@@ -13,7 +18,11 @@ def _square(ref):
     return float(np.sum(ref.get() ** 2))
 
 
-def test_executor_maps_in_order_and_shares_arrays_through_files():
+def _worker_pid_and_sum(ref):
+    return os.getpid(), float(np.sum(ref.get()))
+
+
+def test_executor_maps_in_order_and_forked_workers_inherit_shared_arrays():
     arrays = [np.arange(10, dtype=np.float32) * k for k in range(5)]
     expected = [float(np.sum(a**2)) for a in arrays]
     for scheduler in ("serial", "threads", "processes"):
@@ -21,11 +30,56 @@ def test_executor_maps_in_order_and_shares_arrays_through_files():
             refs = [executor.share(a) for a in arrays]
             assert executor.map(_square, refs) == expected
             if scheduler == "processes":
-                assert all(ref.array is None and ref.path for ref in refs)
-                scratch = executor._scratch
-        if scheduler == "processes":
-            assert not scratch.exists()  # removed by close()
+                # inherited by the forked workers: nothing written, only a token pickled
+                assert all(ref.token and ref.path is None for ref in refs)
+                assert executor._scratch is None
+                shipped = pickle.loads(pickle.dumps(refs[1]))
+                assert shipped.array is None and shipped.token == refs[1].token
+                # a worker forked for a later map sees an array shared after the first map
+                late = executor.share(np.full(7, 3.0))
+                results = executor.map(_worker_pid_and_sum, [late, late])
+                assert [total for _, total in results] == [21.0, 21.0]
+                assert all(pid != os.getpid() for pid, _ in results)
     assert ArrayRef(array=arrays[1]).get() is arrays[1]
+
+
+def test_dropped_handles_release_inherited_arrays():
+    with Executor("processes", n_workers=2) as executor:
+        ref = executor.share(np.ones(5))
+        token = ref.token
+        assert token in _INHERITED
+        del ref
+        gc.collect()
+        assert token not in _INHERITED
+
+
+def _identity_of(ref):
+    return ref.get()["name"]
+
+
+def test_object_refs_reach_workers_inherited_or_opened():
+    payload = {"name": "chip"}
+    for scheduler in ("serial", "threads", "processes"):
+        with Executor(scheduler, n_workers=2) as executor:
+            assert executor.shares_objects
+            ref = executor.share_object(payload)
+            assert executor.map(_identity_of, [ref, ref]) == ["chip", "chip"]
+    opened = ObjectRef(opener=dict, args=({"name": "opened"},))
+    with Executor("processes", n_workers=2) as executor:
+        assert executor.map(_identity_of, [opened]) == ["opened"]
+
+
+def test_arrays_go_through_scratch_files_where_workers_cannot_inherit(monkeypatch):
+    monkeypatch.setattr(execution, "_FORK", False)
+    with Executor("processes", n_workers=2) as executor:
+        assert not executor.inherits and not executor.shares_objects
+        ref = executor.share(np.arange(4.0))
+        assert ref.path and ref.token is None
+        np.testing.assert_array_equal(ref.get(), np.arange(4.0))
+        with pytest.raises(RuntimeError, match="cannot share"):
+            executor.share_object({})
+        scratch = executor._scratch
+    assert not scratch.exists()  # removed by close()
 
 
 def test_unknown_scheduler_is_refused():

@@ -370,6 +370,48 @@ def test_partial_accumulations_merge_exactly(rng):
     assert np.allclose(merged.err, expected.err, rtol=1e-5, atol=0, equal_nan=True)
 
 
+def test_runs_on_given_arrays_handed_back_as_partials_merge_exactly(rng):
+    """What the final drizzle does with worker processes: consecutive runs of chips, each on
+    caller-supplied output arrays (shared memory), handed back as partial sums."""
+    out_shape, chip_shape = (24, 30), (8, 10)
+    chips, truth = _integer_placed_chips(rng, 40, out_shape, chip_shape)
+    values = [rng.normal(10.0, 1.0, chip_shape).astype(np.float32) for _ in chips]
+    variances = [rng.uniform(0.5, 2.0, chip_shape).astype(np.float32) for _ in chips]
+
+    def run(first, last, out_arrays=None):
+        accumulator = DrizzleAccumulator(
+            out_shape, n_inputs=40, out_arrays=out_arrays, first_context_id=first
+        )
+        for k in range(first, last):
+            (pixmap, bad), value, variance = chips[k], values[k], variances[k]
+            accumulator.add_chip(
+                value, pixmap, exptime=3.0, bad_mask=bad, variance=variance, context_id=k
+            )
+        return accumulator
+
+    # runs 0-24 and 25-39 (ids in both planes of the context), the second on given arrays
+    given = {name: np.zeros(out_shape, np.float32) for name in ("img", "wht", "var")}
+    given["ctx"] = np.zeros((2, *out_shape), np.int32)
+    first, second = run(0, 25), run(25, 40, given)
+    partial = second.partial()
+    assert partial.img is given["img"] and partial.wht is given["wht"]
+    assert partial.var is given["var"]
+    # some chips cross the grid's edge: their bits are set outside drizzle's own planes
+    assert partial.context.shape == (2, *out_shape) and given["ctx"].any()
+    received = DrizzleAccumulator.from_partial(partial, kernel="square")
+    with pytest.raises(RuntimeError, match="merge it"):
+        received.add_chip(values[0], chips[0][0], exptime=3.0, variance=variances[0])
+    merged = merge_accumulators([first, received]).finalize()
+    reference = merge_accumulators([run(0, 25), run(25, 40)]).finalize()
+
+    for name in ("data", "wht", "err", "context"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(reference, name))
+    decoded = np.array([context_contributor_mask(merged.context, k) for k in range(40)])
+    assert np.array_equal(decoded, truth)
+    with pytest.raises(ValueError, match="out_arrays"):
+        DrizzleAccumulator(out_shape, out_arrays={"img": np.zeros((3, 3), np.float32)})
+
+
 def test_merge_of_rotated_chips_and_more_adds_after_merge(rng):
     shape = (30, 40)
     chips = [

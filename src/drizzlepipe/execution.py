@@ -11,16 +11,21 @@ calls in two threads take exactly twice as long as one), so only ``processes`` o
 run *those* in parallel, at the price of writing the chips' arrays to scratch files.
 
 Data passing: workers receive small arguments (WCS objects passed through
-:meth:`Executor.portable`, scalars) and :class:`ArrayRef` handles. With ``serial`` and
-``threads`` a handle wraps the array itself; otherwise the array is written once to a scratch
-directory as ``.npy`` and workers memory-map it, so no large array travels through pickling and
-the parent never holds a copy per worker. (For a distributed cluster the scratch directory must
-be on a file system the workers share.)
+:meth:`Executor.portable`, scalars), :class:`ArrayRef` handles on arrays and :class:`ObjectRef`
+handles on other objects (chip models). With ``serial`` and ``threads`` a handle wraps the
+object itself. With ``processes`` on Linux the worker pool is forked *after* the objects were
+shared (a new pool for every :meth:`Executor.map` that has new shared objects): the workers
+inherit them copy-on-write, so nothing is copied, pickled or written. Elsewhere (a distributed
+cluster, or platforms without ``fork``) an array is written once to a scratch directory as
+``.npy`` and workers memory-map it; the scratch directory must then be on a file system the
+workers share. Objects that cannot be inherited are opened by the worker from a file
+(:class:`ObjectRef` with an opener).
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -28,17 +33,23 @@ import shutil
 import sys
 import tempfile
 import uuid
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ArrayRef", "Executor", "SCHEDULERS", "default_workers"]
+__all__ = ["ArrayRef", "ObjectRef", "Executor", "SCHEDULERS", "default_workers"]
 
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("serial", "threads", "processes")
+
+# Worker processes are forked on Linux (see Executor._process_pool) and then inherit objects.
+_FORK = sys.platform.startswith("linux")
 
 
 def default_workers():
@@ -49,18 +60,85 @@ def default_workers():
         return max(1, os.cpu_count() or 1)
 
 
+#: Objects shared with forked worker processes, by token: a worker forked after an object was
+#: registered finds it here (the parent drops it when its handle is garbage collected).
+_INHERITED: dict[str, Any] = {}
+
+
+def _inherited(token):
+    try:
+        return _INHERITED[token]
+    except KeyError:
+        raise RuntimeError(
+            "a shared object is missing in this worker: it was started before the object was "
+            "shared, or the handle was used after the executor closed"
+        ) from None
+
+
+def _register(handle, value):
+    token = uuid.uuid4().hex
+    _INHERITED[token] = value
+    handle.token = token
+    weakref.finalize(handle, _INHERITED.pop, token, None)
+    return handle
+
+
 @dataclass
 class ArrayRef:
-    """A handle on an array: the array itself (shared memory) or a ``.npy`` file to map."""
+    """A handle on an array: the array itself (shared memory), an array inherited by forked
+    workers (``token``) or a ``.npy`` file to map."""
 
     array: np.ndarray | None = None
     path: str | None = None
+    token: str | None = None
+    writable: bool = False
 
     def get(self):
-        """The array (read-only memory map when it lives in a file)."""
+        """The array (a memory map when it lives in a file: read-only unless ``writable``)."""
         if self.array is not None:
             return self.array
-        return np.load(self.path, mmap_mode="r")
+        if self.token is not None:
+            return _inherited(self.token)
+        return np.load(self.path, mmap_mode="r+" if self.writable else "r")
+
+    def load(self):
+        """The array in this process's memory (a file is read, not mapped)."""
+        if self.array is None and self.token is None:
+            return np.load(self.path)
+        return self.get()
+
+    def __getstate__(self):
+        # A handle travels without the parent's finalizer; an inherited array stays behind.
+        state = dict(self.__dict__)
+        if self.token is not None:
+            state["array"] = None
+        return state
+
+
+@dataclass
+class ObjectRef:
+    """A handle on an object for a task: the object itself, an object inherited by forked
+    workers (``token``), or a module-level ``opener(*args)`` that builds it in the worker
+    (e.g. opens a chip model from its file)."""
+
+    obj: Any = None
+    token: str | None = None
+    opener: Callable | None = None
+    args: tuple = ()
+
+    def get(self):
+        """The object."""
+        if self.obj is not None:
+            return self.obj
+        if self.token is not None:
+            return _inherited(self.token)
+        return self.opener(*self.args)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.token is not None:
+            state["obj"] = None
+        return state
 
 
 class Executor:
@@ -98,6 +176,16 @@ class Executor:
             self.scheduler == "processes" and self.n_workers == 1
         )
 
+    @property
+    def inherits(self):
+        """True when workers are forked processes that inherit shared objects."""
+        return self.scheduler == "processes" and not self.shares_memory and _FORK
+
+    @property
+    def shares_objects(self):
+        """True when :meth:`share_object` works (tasks run here or in forked workers)."""
+        return self.shares_memory or self.inherits
+
     def __enter__(self):
         return self
 
@@ -108,11 +196,45 @@ class Executor:
         """An :class:`ArrayRef` for ``array`` that the workers can read."""
         if self.shares_memory or array is None:
             return ArrayRef(array=array)
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="drizzlepipe-", dir=self._scratch_root))
-        path = self._scratch / f"{uuid.uuid4().hex}.npy"
+        if self.inherits:
+            return _register(ArrayRef(array=array), array)
+        path = self._scratch_path()
         np.save(path, np.ascontiguousarray(array))
         return ArrayRef(path=str(path))
+
+    def _scratch_path(self):
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="drizzlepipe-", dir=self._scratch_root))
+        return self._scratch / f"{uuid.uuid4().hex}.npy"
+
+    def shared_zeros(self, shape, dtype):
+        """A zero-filled array that workers write into and this process then reads (an
+        :class:`ArrayRef` with ``writable``): results come back without being pickled.
+
+        Shared anonymous memory for forked workers (pages are allocated as workers touch
+        them), a plain array for ``serial``/``threads``, a ``.npy`` file in the scratch
+        directory otherwise.
+        """
+        shape = tuple(int(n) for n in shape)
+        if self.shares_memory:
+            return ArrayRef(array=np.zeros(shape, dtype=dtype), writable=True)
+        if self.inherits:
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            # MAP_SHARED | MAP_ANONYMOUS: a forked worker's writes are seen here.
+            buffer = mmap.mmap(-1, max(size, 1))
+            array = np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+            return _register(ArrayRef(array=array, writable=True), array)
+        path = self._scratch_path()
+        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+        return ArrayRef(path=str(path), writable=True)
+
+    def share_object(self, obj):
+        """An :class:`ObjectRef` for ``obj`` (only when :attr:`shares_objects`)."""
+        if self.shares_memory:
+            return ObjectRef(obj=obj)
+        if not self.inherits:
+            raise RuntimeError(f"scheduler {self.scheduler!r} cannot share Python objects")
+        return _register(ObjectRef(obj=obj), obj)
 
     @staticmethod
     def portable(obj):
@@ -138,7 +260,16 @@ class Executor:
         if self.scheduler == "threads":
             return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
         if self.scheduler == "processes":
-            return list(dask.compute(*tasks, scheduler="processes", pool=self._process_pool()))
+            try:
+                # chunksize=1: dask's default batches up to 6 ready tasks into one submission,
+                # which ran a step's few large tasks one after the other in a single worker.
+                pool = self._process_pool()
+                return list(dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1))
+            finally:
+                if self.inherits:
+                    # Forked workers see the objects shared before they were forked, and they
+                    # keep the parent's memory as it was then: none outlives its map.
+                    self._close_pool()
         return list(dask.compute(*tasks, scheduler=self._distributed_client()))
 
     def _process_pool(self):
@@ -146,7 +277,7 @@ class Executor:
             # fork: workers start with everything already imported and, unlike spawn and
             # forkserver, do not re-run the user's __main__ module (scripts without a
             # ``if __name__ == "__main__"`` guard and notebooks keep working).
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            method = "fork" if _FORK else "spawn"
             context = multiprocessing.get_context(method)
             self._pool = ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
             log.debug("Started %d worker processes (%s)", self.n_workers, method)
@@ -160,11 +291,14 @@ class Executor:
             log.info("Connected to dask.distributed scheduler %s", self.scheduler)
         return self._client
 
-    def close(self):
-        """Stop worker processes, disconnect, and remove the scratch directory."""
+    def _close_pool(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def close(self):
+        """Stop worker processes, disconnect, and remove the scratch directory."""
+        self._close_pool()
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -91,7 +91,7 @@ Differences from AstroDrizzle
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +110,7 @@ __all__ = [
     "AllPixelsMaskedError",
     "DrizzleAccumulator",
     "DrizzleProduct",
+    "PartialDrizzle",
     "InvalidExposureTimeError",
     "NoOverlapError",
     "ResampleInputError",
@@ -499,6 +500,39 @@ class _Member:
     box: tuple[slice, slice] | None  # output region the chip can touch (only when remapping)
 
 
+@dataclass
+class PartialDrizzle:
+    """The sums of a partial accumulation (:meth:`DrizzleAccumulator.partial`).
+
+    ``img``/``wht``/``var``: running weighted mean, total weight, squared-weight variance sum
+    (None without error propagation); ``context``: ``(nplanes, ny, nx)`` int32 bits by context
+    id (None without context); ``context_ids``: the chips added.
+    """
+
+    img: np.ndarray
+    wht: np.ndarray
+    var: np.ndarray | None
+    context: np.ndarray | None
+    context_ids: tuple[int, ...]
+
+
+def _check_out_arrays(out_arrays, shape, n_planes):
+    """Validate caller-supplied output arrays: zero-filled, C-contiguous, right shape/dtype."""
+    given = dict(out_arrays or {})
+    unknown = set(given) - {"img", "wht", "var", "ctx"}
+    if unknown:
+        raise ValueError(f"unknown output arrays {sorted(unknown)}")
+    for name, array in given.items():
+        dtype = np.int32 if name == "ctx" else np.float32
+        expected = (n_planes, *shape) if name == "ctx" else shape
+        if array.dtype != dtype or array.shape != expected or not array.flags.c_contiguous:
+            raise ValueError(
+                f"out_arrays[{name!r}] must be a C-contiguous {np.dtype(dtype)} array of shape "
+                f"{expected}, got {array.dtype} {array.shape}"
+            )
+    return given
+
+
 class DrizzleAccumulator:
     """Drizzle chips onto one output grid; merge partial results; finalize.
 
@@ -520,6 +554,13 @@ class DrizzleAccumulator:
         grows, with a copy, when more chips come).
     memory_limit : int, optional
         Largest allowed size in bytes of the output arrays (default :data:`DEFAULT_MEMORY_LIMIT`).
+    out_arrays : mapping, optional
+        Zero-filled arrays to accumulate into instead of new ones (e.g. memory shared with
+        other processes): ``img``, ``wht``, ``var`` float32 ``(ny, nx)``, ``ctx`` int32
+        ``(nplanes, ny, nx)`` with nplanes from ``n_inputs``; any subset.
+    first_context_id : int, optional
+        Context id of the first chip to be added when chips are added with consecutive ids
+        (a run of a larger set): their bits then need no remapping. Default 0.
 
     Raises
     ------
@@ -541,6 +582,8 @@ class DrizzleAccumulator:
         enable_err: bool = True,
         n_inputs: int | None = None,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        out_arrays: Mapping[str, np.ndarray] | None = None,
+        first_context_id: int = 0,
     ):
         try:
             ny, nx = (int(n) for n in out_shape)
@@ -568,12 +611,18 @@ class DrizzleAccumulator:
                 "context or error image, use a smaller grid, or raise memory_limit"
             )
 
-        self._img = np.zeros(self._shape, dtype=np.float32)
-        self._wht = np.zeros(self._shape, dtype=np.float32)
-        self._var = np.zeros(self._shape, dtype=np.float32) if self._enable_err else None
-        # Arrays are ours and zero-filled, so fillval=None tells drizzle not to fill anything
-        # after each chip (a pass over the whole output per chip); fillval is applied once in
-        # finalize().
+        given = _check_out_arrays(out_arrays, self._shape, n_planes)
+        self._img = given.get("img", np.zeros(self._shape, dtype=np.float32))
+        self._wht = given.get("wht", np.zeros(self._shape, dtype=np.float32))
+        self._var = None
+        if self._enable_err:
+            self._var = given.get("var", np.zeros(self._shape, dtype=np.float32))
+        if int(first_context_id) < 0:
+            raise ValueError(f"first_context_id must be >= 0, got {first_context_id!r}")
+        # Arrays are zero-filled, so fillval=None tells drizzle not to fill anything after
+        # each chip (a pass over the whole output per chip); fillval is applied once in
+        # finalize(). Chips added in order from first_context_id get drizzle's own context
+        # bits equal to their context ids (no remapping).
         self._driz = Drizzle(
             kernel=kernel,
             fillval=None,
@@ -581,7 +630,9 @@ class DrizzleAccumulator:
             out_img=self._img,
             out_wht=self._wht,
             out_img2=[self._var] if self._enable_err else None,
-            max_ctx_id=n_planes * CONTEXT_PLANE_BITS - 1,
+            out_ctx=given.get("ctx") if self._enable_context else None,
+            begin_ctx_id=int(first_context_id),
+            max_ctx_id=max(n_planes * CONTEXT_PLANE_BITS - 1, int(first_context_id)),
             disable_ctx=not self._enable_context,
         )
         self._members: list[_Member] = []
@@ -678,6 +729,8 @@ class DrizzleAccumulator:
             Inconsistent shapes, invalid options or a context id used before.
         """
         self._check_open()
+        if self._driz is None:
+            raise RuntimeError("a received partial accumulation takes no more chips: merge it")
         if exptime is None or not np.isfinite(exptime) or exptime <= 0:
             raise InvalidExposureTimeError(
                 label, f"exposure time must be a positive number of seconds, got {exptime!r}"
@@ -945,7 +998,7 @@ class DrizzleAccumulator:
         """
         if not self._enable_context:
             return None
-        local = self._driz.out_ctx
+        local = self._driz.out_ctx if self._driz is not None else None
         n_planes = (max(self._ids) // CONTEXT_PLANE_BITS + 1) if self._ids else 1
         if self._global_context is None and all(m.local_id == m.context_id for m in self._members):
             if local.shape[0] >= n_planes:
@@ -971,6 +1024,41 @@ class DrizzleAccumulator:
             flags = (words >> np.uint32(local_bit)) & np.uint32(1)
             result[box] |= (flags << np.uint32(bit)).view(np.int32)
         return result
+
+    # -- partial results ---------------------------------------------------------------------
+
+    def partial(self) -> PartialDrizzle:
+        """The sums so far (the accumulator's own arrays, no copies), for :meth:`from_partial`
+        elsewhere: how a worker hands its accumulation back."""
+        self._check_open()
+        return PartialDrizzle(
+            img=self._img,
+            wht=self._wht,
+            var=self._var,
+            context=self._context_in_global_ids(),
+            context_ids=self.context_ids,
+        )
+
+    @classmethod
+    def from_partial(cls, partial: PartialDrizzle, *, kernel: str, fillval: float = np.nan):
+        """An accumulator holding ``partial`` (its arrays, not copies), to merge or finalize."""
+        if kernel not in SUPPORTED_KERNELS:
+            raise ValueError(f"kernel must be one of {SUPPORTED_KERNELS}, got {kernel!r}")
+        self = cls.__new__(cls)
+        self._shape = tuple(partial.img.shape)
+        self._kernel = kernel
+        self._fillval = float(fillval)
+        self._enable_context = partial.context is not None
+        self._enable_err = partial.var is not None
+        self._img, self._wht, self._var = partial.img, partial.wht, partial.var
+        # No drizzle object: nothing more is added to a received partial (it is merged or
+        # finalized), and its context is all in _global_context.
+        self._driz = None
+        self._members = []
+        self._ids = set(partial.context_ids)
+        self._global_context = partial.context
+        self._finalized = False
+        return self
 
     # -- merging -----------------------------------------------------------------------------
 
@@ -1022,7 +1110,8 @@ class DrizzleAccumulator:
             combined[: theirs.shape[0]] |= theirs
             self._global_context = combined
             # drizzle's own planes now hold nothing that is not in the flushed context.
-            self._driz.out_ctx[...] = 0
+            if self._driz is not None:
+                self._driz.out_ctx[...] = 0
             self._members = []
         self._ids |= other._ids
         return self

@@ -214,17 +214,24 @@ class ModelLibrary(AbstractModelLibrary):
         return "drizzlepipe"
 
     def _datamodels_open(self, filename, **kwargs):
-        model = open_path(filename, **kwargs)
-        if not isinstance(model, ImageModel):
-            raise DrizzlepipeInputError(
-                filename, "expected one chip (ImageModel) for a library member"
-            )
-        if self._on_disk and Path(filename).parent.parent == self._temp_path:
-            # A shelved temporary copy: the model keeps its input's name, not the copy's.
-            source = model.meta.source.path if model.meta.hasattr("source") else None
-            if source:
-                model.meta.filename = split_selector(source)[0].name
-        return model
+        is_temp_copy = self._on_disk and Path(filename).parent.parent == self._temp_path
+        return _open_chip(filename, is_temp_copy, kwargs)
+
+    def member_ref(self, index):
+        """An :class:`~drizzlepipe.execution.ObjectRef` that opens member ``index`` in a task,
+        as :meth:`borrow` would (its shelved temporary copy when there is one, else its input),
+        without borrowing it: for read-only work in worker processes on an on-disk library."""
+        from ..execution import ObjectRef
+
+        temp = getattr(self, "_temp_filenames", {}).get(index)
+        filename = temp or self._member_to_filename(self._members[index])
+        member = {key: self._members[index][key] for key in ("group_id", "exptype")
+                  if key in self._members[index]}  # fmt: skip
+        return ObjectRef(
+            opener=open_library_member,
+            args=(str(filename), temp is not None, member, self._asn.get("table_name"),
+                  self._asn.get("asn_pool"), dict(self._datamodels_open_kwargs)),
+        )  # fmt: skip
 
     @classmethod
     def _load_asn(cls, filename):
@@ -240,14 +247,7 @@ class ModelLibrary(AbstractModelLibrary):
         return group_id
 
     def _assign_member_to_model(self, model, member):
-        # stpipe's version treats meta.asn as a dict; ours is a schema object node.
-        for attr in ("group_id", "exptype"):
-            if attr in member:
-                setattr(model.meta, attr, member[attr])
-        if "table_name" in self._asn:
-            model.meta.asn.table_name = self._asn["table_name"]
-        if "asn_pool" in self._asn:
-            model.meta.asn.pool_name = self._asn["asn_pool"]
+        _assign_member(model, member, self._asn.get("table_name"), self._asn.get("asn_pool"))
 
     def shelve(self, model, index=None, modify=True):
         """Return a borrowed model (see stpipe); an on-disk copy keeps the input's file name."""
@@ -263,6 +263,36 @@ class ModelLibrary(AbstractModelLibrary):
         subpath.mkdir(parents=True, exist_ok=True)
         stem = Path(self._model_to_filename(model)).stem
         return subpath / f"{stem}.asdf"
+
+
+def _open_chip(filename, is_temp_copy, kwargs):
+    model = open_path(filename, **kwargs)
+    if not isinstance(model, ImageModel):
+        raise DrizzlepipeInputError(filename, "expected one chip (ImageModel) for a library member")
+    if is_temp_copy:
+        # A shelved temporary copy: the model keeps its input's name, not the copy's.
+        source = model.meta.source.path if model.meta.hasattr("source") else None
+        if source:
+            model.meta.filename = split_selector(source)[0].name
+    return model
+
+
+def _assign_member(model, member, table_name, pool_name):
+    # stpipe's version treats meta.asn as a dict; ours is a schema object node.
+    for attr in ("group_id", "exptype"):
+        if attr in member:
+            setattr(model.meta, attr, member[attr])
+    if table_name is not None:
+        model.meta.asn.table_name = table_name
+    if pool_name is not None:
+        model.meta.asn.pool_name = pool_name
+
+
+def open_library_member(filename, is_temp_copy, member, table_name, pool_name, kwargs):
+    """Open a library member as the library's ``borrow`` does (:meth:`ModelLibrary.member_ref`)."""
+    model = _open_chip(filename, is_temp_copy, kwargs)
+    _assign_member(model, member, table_name, pool_name)
+    return model
 
 
 def _is_model_list(init):

@@ -17,7 +17,13 @@ from ..exceptions import DrizzlepipeInputError
 from ._atomic import atomic_target
 from .readers._common import split_selector
 
-__all__ = ["write_fits_atomic", "write_exposure_copy", "write_copies", "write_chip_arrays"]
+__all__ = [
+    "write_fits_atomic",
+    "write_exposure_copy",
+    "write_copies",
+    "plan_copies",
+    "write_chip_arrays",
+]
 
 
 def write_fits_atomic(hdulist, path):
@@ -120,10 +126,22 @@ def write_copies(models, path_for, *, data_override=None):
     DrizzlepipeInputError
         If an output path is one of the input files (they are never overwritten).
     """
+    written = []
+    for indices, path in plan_copies(models, path_for):
+        override = None if data_override is None else [data_override[i] for i in indices]
+        written.append(
+            write_exposure_copy([models[i] for i in indices], path, data_override=override)
+        )
+    return written
+
+
+def plan_copies(models, path_for):
+    """The files :func:`write_copies` writes: ``[(indices of models, output path), ...]``,
+    one per input file, checked so that no input file is overwritten (the same errors)."""
     by_file = {}
     for index, model in enumerate(models):
         by_file.setdefault(model.meta.filename, []).append(index)
-    written = []
+    plan = []
     for name, indices in by_file.items():
         path = Path(path_for(name))
         source = _source_file(models[indices[0]])
@@ -131,11 +149,8 @@ def write_copies(models, path_for, *, data_override=None):
             raise DrizzlepipeInputError(
                 source, f"refusing to overwrite an input file with its product {path.name}"
             )
-        override = None if data_override is None else [data_override[i] for i in indices]
-        written.append(
-            write_exposure_copy([models[i] for i in indices], path, data_override=override)
-        )
-    return written
+        plan.append((indices, path))
+    return plan
 
 
 def _first_image_index(hdulist):

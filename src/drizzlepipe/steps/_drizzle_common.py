@@ -20,9 +20,18 @@ from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import dqflags, open_path
 from ..datamodels.readers._common import celestial_wcs
 from ..exceptions import DrizzlepipeInputError
+from ..execution import Executor
 from ._tasks import ChipJob
 
-__all__ = ["GRID_SPEC", "DRIZZLE_KERNELS", "OutputGridMaker", "chip_job"]
+__all__ = [
+    "GRID_SPEC",
+    "DRIZZLE_KERNELS",
+    "OutputGridMaker",
+    "ChipSources",
+    "ModelChip",
+    "chip_job",
+    "exposure_times",
+]
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +226,9 @@ def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_varia
         Makes the arrays and the WCS readable by the workers.
     good_bits : str or int or None
         DQ bits that do not make a pixel bad.
-    crbit : int, optional
-        DQ value of cosmic rays flagged by BlotCR (always bad).
+    crbit : int or "auto", optional
+        DQ value of cosmic rays flagged by BlotCR (always bad); ``"auto"``: the default of the
+        chip's DQ convention (4096 for HST, OUTLIER + DO_NOT_USE for JWST).
     with_variance : bool
         Also pass the variance of the drizzled data (error propagation).
     weight_type : str
@@ -234,10 +244,11 @@ def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_varia
         raise DrizzlepipeInputError(
             chip_label(model), "weight_type='err' but there is no ERR array"
         )
+    if crbit == "auto":
+        crbit = dqflags.default_crbit(model.meta.dq_convention or "hst")
     factor = electrons_factor(model)
     sky = 0.0 if model.meta.background.subtracted else float(model.meta.background.level or 0.0)
     data = (model.data - np.float32(sky)) * np.float32(factor)
-    per_pixel = model.meta.units != "surface_brightness"
     input_scale = model.meta.detector.pixel_scale or pixel_scale(model.meta.wcs, model.data.shape)
     return ChipJob(
         data=executor.share(data),
@@ -248,11 +259,98 @@ def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_varia
         shape=tuple(model.data.shape),
         exptime=float(model.meta.exposure.exptime),
         in_units="counts" if model.meta.units == "counts" else "cps",
-        iscale=pixel_area_ratio(output_scale, input_scale, per_pixel=per_pixel),
+        iscale=chip_iscale(model, output_scale, input_scale),
         pixel_scale_ratio=output_scale / input_scale,
         label=chip_label(model),
         context_id=context_id,
+        group_id=model.meta.group_id,
+        exposure=exposure_times(model),
     )
+
+
+def exposure_times(model):
+    """Exposure time, start and end (MJD, or None) of the chip's exposure."""
+    exposure = model.meta.exposure
+    return {
+        "exptime": float(exposure.exptime),
+        "start": exposure.start if exposure.hasattr("start") else None,
+        "end": exposure.end if exposure.hasattr("end") else None,
+    }
+
+
+#: Prepares chips inside a task, where arrays need not be shared any further.
+_IN_TASK = Executor("serial")
+
+
+@dataclass
+class ModelChip:
+    """A chip model to be prepared for drizzling (:func:`chip_job`) by the task itself, so the
+    sky subtraction, unit conversion and masks run in the worker, one chip at a time, and the
+    parent copies nothing: ``model`` is the model itself, inherited by forked workers, or
+    opened by the worker from the library's file."""
+
+    model: object  # drizzlepipe.execution.ObjectRef
+    output_scale: float
+    good_bits: object
+    crbit: int | None = None
+    with_variance: bool = False
+    weight_type: str = "exptime"
+    context_id: int | None = None
+
+    def prepare(self):
+        """The :class:`~drizzlepipe.steps._tasks.ChipJob` of this chip."""
+        return chip_job(
+            self.model.get(), self.output_scale, _IN_TASK, good_bits=self.good_bits,
+            crbit=self.crbit, with_variance=self.with_variance, weight_type=self.weight_type,
+            context_id=self.context_id,
+        )  # fmt: skip
+
+
+class ChipSources:
+    """Hands the chips of a library to drizzle tasks with as little copying as the scheduler
+    allows, and returns borrowed models afterwards (a context manager).
+
+    * on-disk library: tasks open their chip from the library's file (no model in the parent);
+    * serial, threads, forked processes: the borrowed model itself (inherited by forked
+      workers), prepared in the task;
+    * a distributed cluster with an in-memory library: the chip is prepared here and its
+      arrays go through the executor's scratch files.
+    """
+
+    def __init__(self, library, executor):
+        self.library, self.executor = library, executor
+        self._borrowed = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for index, model in self._borrowed.items():
+            self.library.shelve(model, index, modify=False)
+        self._borrowed.clear()
+
+    def chip(self, index, output_scale, model=None, **options):
+        """A :class:`ModelChip` or a ready :class:`ChipJob` for chip ``index`` (``options``
+        as :func:`chip_job`); ``model``: the chip, when the caller has borrowed it already."""
+        if model is None and self.library.on_disk:
+            return ModelChip(self.library.member_ref(index), output_scale, **options)
+        if model is None:
+            model = self.library.borrow(index)
+            self._borrowed[index] = model
+        if self.executor.shares_objects:
+            return ModelChip(self.executor.share_object(model), output_scale, **options)
+        return chip_job(model, output_scale, self.executor, **options)
+
+
+def chip_iscale(model, output_scale, input_scale=None):
+    """Intensity scale of the chip's drizzled data: the output/input pixel-area ratio for
+    per-pixel quantities, 1 for surface brightness."""
+    if input_scale is None:
+        input_scale = model.meta.detector.pixel_scale or pixel_scale(
+            model.meta.wcs, model.data.shape
+        )
+    per_pixel = model.meta.units != "surface_brightness"
+    return pixel_area_ratio(output_scale, input_scale, per_pixel=per_pixel)
 
 
 def drizzled_bunit(model, units="cps"):

@@ -7,8 +7,9 @@ this thread, a thread pool, worker processes or a dask.distributed cluster.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,16 @@ import numpy as np
 from ..algorithms.blot import blot, sample_nearest
 from ..algorithms.crdetect import CTEGrowthSkippedWarning, detect_cosmic_rays
 from ..algorithms.pixmap import compute_pixmap
-from ..algorithms.resample import DrizzleAccumulator, ResampleInputError, build_weight
+from ..algorithms.resample import (
+    CONTEXT_PLANE_BITS,
+    DrizzleAccumulator,
+    ResampleInputError,
+    build_weight,
+)
+from ..datamodels.writers import write_exposure_copy
 from ..execution import ArrayRef
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ChipJob",
@@ -25,8 +34,12 @@ __all__ = [
     "BlotCRJob",
     "drizzle_chips",
     "new_accumulator",
+    "output_buffers",
+    "received",
     "add_chip",
     "blot_and_detect",
+    "CopyJob",
+    "write_copy",
 ]
 
 
@@ -47,6 +60,8 @@ class ChipJob:
     label: str
     context_id: int | None = None
     weight_variance: ArrayRef | None = None  # for err/ivm weights
+    group_id: str | None = None
+    exposure: dict | None = None  # exptime, start, end of the chip's exposure
 
 
 @dataclass
@@ -65,16 +80,19 @@ class DrizzleJob:
     enable_err: bool = False
     n_inputs: int | None = None
     finalize: bool = True
+    first_context_id: int = 0  # context id of the first chip (chips have consecutive ids)
+    out: dict | None = None  # ArrayRefs of zeroed output arrays (img, wht, var, ctx) to fill
 
 
 @dataclass
 class DrizzleResult:
     """What a :class:`DrizzleJob` produced: the finished arrays or the open accumulator."""
 
-    product: Any = None
-    accumulator: Any = None
+    product: Any = None  # DrizzleProduct (finalize=True)
+    partial: Any = None  # PartialDrizzle (finalize=False)
     added: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    chips: list = field(default_factory=list)  # (label, group_id, exposure) of every chip
 
 
 def _weight(job, chip, data, bad_mask):
@@ -100,8 +118,10 @@ def drizzle_chips(job):
     Returns
     -------
     DrizzleResult
-        ``product`` (finalized arrays) or ``accumulator`` (when ``job.finalize`` is False, for
-        merging), the labels added and the messages of the chips skipped.
+        ``product`` (finalized arrays) or ``partial`` (the sums, when ``job.finalize`` is
+        False, for merging), the labels added and the messages of the chips skipped. Arrays
+        that live in the job's ``out`` buffers come back as handles on them
+        (:func:`received`), the others as arrays.
     """
     accumulator = new_accumulator(job)
     result = DrizzleResult()
@@ -110,14 +130,71 @@ def drizzle_chips(job):
     if not result.added:
         return result
     if job.finalize:
-        result.product = accumulator.finalize()
+        result.product = _ship(accumulator.finalize(), job.out)
     else:
-        result.accumulator = accumulator
+        result.partial = _ship(accumulator.partial(), job.out)
     return result
 
 
+@dataclass
+class _InBuffer:
+    """An array that is the leading part of an ``out`` buffer, reshaped."""
+
+    ref: ArrayRef
+    shape: tuple
+
+    def load(self):
+        flat = self.ref.load().reshape(-1)
+        return flat[: int(np.prod(self.shape))].reshape(self.shape)
+
+
+def _ship(result, out):
+    """``result`` (a dataclass of arrays) with every array that lies at the start of one of the
+    ``out`` buffers replaced by an :class:`_InBuffer` handle, so it is not pickled."""
+    if not out:
+        return result
+    buffers = [(ref, ref.get()) for ref in out.values()]
+    changes = {}
+    for name, value in vars(result).items():
+        if not isinstance(value, np.ndarray) or not value.flags.c_contiguous:
+            continue
+        start = value.__array_interface__["data"][0]
+        for ref, buffer in buffers:
+            if buffer.__array_interface__["data"][0] == start and value.nbytes <= buffer.nbytes:
+                changes[name] = _InBuffer(ref, value.shape)
+                break
+    return replace(result, **changes)
+
+
+def received(result):
+    """A shipped product or partial with its arrays back in this process (see
+    :func:`drizzle_chips`)."""
+    if result is None:
+        return None
+    changes = {
+        name: value.load() for name, value in vars(result).items() if isinstance(value, _InBuffer)
+    }
+    return replace(result, **changes)
+
+
+def output_buffers(executor, grid_shape, *, err=False, context=False, n_inputs=1):
+    """Zeroed output arrays for one accumulation that its worker fills and this process reads
+    without pickling (:meth:`~drizzlepipe.execution.Executor.shared_zeros`); None when the
+    tasks run in this process (the accumulator then allocates its own)."""
+    if executor.shares_memory:
+        return None
+    out = {name: executor.shared_zeros(grid_shape, np.float32) for name in ("img", "wht")}
+    if err:
+        out["var"] = executor.shared_zeros(grid_shape, np.float32)
+    if context:
+        n_planes = (max(int(n_inputs), 1) - 1) // CONTEXT_PLANE_BITS + 1
+        out["ctx"] = executor.shared_zeros((n_planes, *grid_shape), np.int32)
+    return out
+
+
 def new_accumulator(job):
-    """An empty :class:`DrizzleAccumulator` for the grid and switches of ``job``."""
+    """An empty :class:`DrizzleAccumulator` for the grid and switches of ``job`` (on the job's
+    ``out`` buffers when it has them)."""
     return DrizzleAccumulator(
         job.grid_shape,
         kernel=job.kernel,
@@ -125,12 +202,18 @@ def new_accumulator(job):
         enable_context=job.enable_context,
         enable_err=job.enable_err,
         n_inputs=job.n_inputs,
+        out_arrays={name: ref.get() for name, ref in (job.out or {}).items()},
+        first_context_id=job.first_context_id,
     )
 
 
 def add_chip(accumulator, job, chip, result):
-    """Drizzle one :class:`ChipJob` into ``accumulator``; record it in ``result`` as added or
-    skipped (chips that cannot be drizzled are reported, not fatal)."""
+    """Drizzle one :class:`ChipJob` (or a chip with a ``prepare()`` method that makes one) into
+    ``accumulator``; record it in ``result`` as added or skipped (chips that cannot be drizzled
+    are reported, not fatal)."""
+    if not isinstance(chip, ChipJob):
+        chip = chip.prepare()
+    result.chips.append((chip.label, chip.group_id, chip.exposure))
     data, bad_mask = chip.data.get(), chip.bad_mask.get()
     variance = chip.variance.get() if chip.variance is not None else None
     try:
@@ -150,6 +233,7 @@ def add_chip(accumulator, job, chip, result):
             label=chip.label,
         )
         result.added.append(chip.label)
+        log.info("Drizzled %s", chip.label)
     except ResampleInputError as error:
         result.skipped.append(str(error))
 
@@ -281,3 +365,17 @@ def blot_and_detect(job):
         blotted=blotted if job.keep_blot else None,
         warnings=[str(w.message) for w in caught],
     )
+
+
+@dataclass
+class CopyJob:
+    """Write one input file's chips as a copy with their DQ as now (e.g. ``_crf``)."""
+
+    models: list  # ObjectRefs of the file's chip models, in extension order
+    path: str
+
+
+def write_copy(job):
+    """Write ``job.path`` (:func:`~drizzlepipe.datamodels.writers.write_exposure_copy`)."""
+    write_exposure_copy([ref.get() for ref in job.models], job.path)
+    return job.path

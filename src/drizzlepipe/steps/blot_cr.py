@@ -19,10 +19,15 @@ from ..algorithms.crdetect import parse_pair, summarize_cr_mask
 from ..algorithms.grid import pixel_scale
 from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import ResampledModel, dqflags, open_path
-from ..datamodels.writers import write_chip_arrays, write_copies
+from ..datamodels.writers import (
+    plan_copies,
+    write_chip_arrays,
+    write_copies,
+    write_exposure_copy,
+)
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import chip_label, data_with_sky, electrons_factor
-from ._tasks import BlotCRJob, blot_and_detect
+from ._tasks import BlotCRJob, CopyJob, blot_and_detect, write_copy
 from .base import DrizStep, exposure_root
 
 __all__ = ["BlotCRStep"]
@@ -73,21 +78,29 @@ class BlotCRStep(DrizStep):
                 if self.median_noise and median.wht is not None
                 else None,
             )
-            for number, indices in enumerate(library.group_indices.values(), start=1):
-                models = [library.borrow(index) for index in indices]
+            exposures = list(library.group_indices.values())
+            # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library
+            # in batches of one exposure per worker, so few chips are in memory at a time.
+            batch = max(1, executor.n_workers) if library.on_disk else len(exposures)
+            for start in range(0, len(exposures), batch):
+                group = exposures[start : start + batch]
+                indices = [index for members in group for index in members]
+                models = {index: library.borrow(index) for index in indices}
                 try:
                     jobs = [
-                        self._job(m, median, shared_median, median_scale, snr, scale, executor)
-                        for m in models
-                    ]
-                    results = executor.map(blot_and_detect, jobs)
-                    for model, result in zip(models, results):
-                        self._record(model, result, totals)
-                    self._save_exposure(models, results)
+                        self._job(models[i], median, shared_median, median_scale, snr, scale,
+                                  executor)
+                        for i in indices
+                    ]  # fmt: skip
+                    results = dict(zip(indices, executor.map(blot_and_detect, jobs)))
+                    del jobs
+                    for index in indices:
+                        self._record(models[index], results[index], totals)
+                    self._save_exposures(group, models, results, executor)
                 finally:
-                    for model, index in zip(models, indices):
+                    for index, model in models.items():
                         library.shelve(model, index, modify=True)
-                log.info("Exposure %d/%d checked", number, len(library.group_indices))
+                log.info("Exposures %d/%d checked", start + len(group), len(exposures))
         fraction = totals["flagged"] / max(totals["pixels"], 1)
         log.info(
             "Cosmic rays: %d pixels (%.3f%%) in %d chips",
@@ -189,11 +202,31 @@ class BlotCRStep(DrizStep):
             "%s: %d cosmic-ray pixels (%.3f%%)", label, summary.n_flagged, 100 * summary.fraction
         )
 
+    def _save_exposures(self, group, models, results, executor):
+        """Write the products asked for, per exposure; the ``_crf`` copies as tasks (in
+        parallel in worker processes, which inherit the flagged models)."""
+        if self.save_results:
+            writes = []
+            for members in group:
+                chips = [models[i] for i in members]
+                for positions, path in plan_copies(
+                    chips, lambda name: self.product_path(exposure_root(name), "crf")
+                ):
+                    writes.append(([members[k] for k in positions], str(path)))
+            if executor.shares_objects:
+                refs = {i: executor.share_object(models[i]) for m in group for i in m}
+                jobs = [CopyJob([refs[i] for i in chosen], path) for chosen, path in writes]
+                executor.map(write_copy, jobs)
+                del refs, jobs
+            else:
+                for chosen, path in writes:
+                    write_exposure_copy([models[i] for i in chosen], path)
+        for members in group:
+            self._save_exposure([models[i] for i in members], [results[i] for i in members])
+
     def _save_exposure(self, models, results):
         root = exposure_root(models[0].meta.filename)
         chips = [int(m.meta.chip or 1) for m in models]
-        if self.save_results:
-            write_copies(models, lambda name: self.product_path(exposure_root(name), "crf"))
         if self.save_blot:
             write_chip_arrays(
                 [(chip, result.blotted) for chip, result in zip(chips, results)],

@@ -7,18 +7,17 @@ import logging
 
 import numpy as np
 
-from ..algorithms.resample import ResampleInputError
-from ..datamodels import ResampledModel, dqflags
-from ..execution import Executor
+from ..algorithms.resample import DrizzleAccumulator, ResampleInputError, merge_accumulators
+from ..datamodels import ResampledModel
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
+    ChipSources,
     OutputGridMaker,
-    chip_job,
     drizzled_bunit,
     parse_fillval,
 )
-from ._tasks import DrizzleJob, DrizzleResult, add_chip, new_accumulator
+from ._tasks import DrizzleJob, drizzle_chips, output_buffers, received
 from .base import DrizStep
 
 __all__ = ["DrizFinalStep"]
@@ -61,38 +60,58 @@ class DrizFinalStep(DrizStep):
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
             self.weight_type,
         )  # fmt: skip
-        # One accumulation over all chips, one chip in memory at a time, in library order.
-        # (Partial accumulations on several workers each hold a full set of output arrays that
-        # must travel back and be merged: slower here, and drizzle's kernel holds the GIL.)
-        job = self._job([], grid.wcs, grid.shape, len(library))
-        accumulator, result = new_accumulator(job), DrizzleResult()
-        labels, groups, exposures, reference = [], [], {}, None
-        local = Executor("serial")
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                try:
-                    crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
-                    chip = chip_job(
-                        model, grid.pixel_scale, local, good_bits=self.good_bits, crbit=crbit,
-                        with_variance=self.compute_err, weight_type=self.weight_type,
-                        context_id=index,
+        # The chips in contiguous runs of library order, one partial accumulation per worker,
+        # merged exactly in that order. The runs depend on n_workers only, never on the
+        # scheduler, so every scheduler gives the same bits; drizzle's kernel holds the GIL,
+        # so only worker processes (or a cluster) run the runs at the same time.
+        with self.execution() as executor, library:
+            runs = np.array_split(np.arange(len(library)), min(executor.n_workers, len(library)))
+            options = {"good_bits": self.good_bits, "with_variance": self.compute_err,
+                       "weight_type": self.weight_type, "crbit": self.crbit or "auto"}  # fmt: skip
+            with ChipSources(library, executor) as sources:
+                jobs = []
+                for run in runs:
+                    chips = [
+                        sources.chip(int(i), grid.pixel_scale, context_id=int(i), **options)
+                        for i in run
+                    ]
+                    job = self._job(chips, executor.portable(grid.wcs), grid.shape, len(library))
+                    job.first_context_id = int(run[0])
+                    job.out = output_buffers(
+                        executor, grid.shape, err=self.compute_err, context=self.context,
+                        n_inputs=len(library),
                     )  # fmt: skip
-                    labels.append(chip.label)
-                    groups.append(model.meta.group_id)
-                    exposures.setdefault(model.meta.group_id, _exposure_times(model))
-                    reference = reference or model
-                    add_chip(accumulator, job, chip, result)
-                    del chip
-                finally:
-                    library.shelve(model, index, modify=False)
-                log.info("Final drizzle: chip %d/%d", index + 1, len(library))
-        for reason in result.skipped:
+                    jobs.append(job)
+                log.info(
+                    "Final drizzle: %d chips in %d run(s) on %d worker(s) (%s)",
+                    len(library), len(jobs), executor.n_workers, executor.scheduler,
+                )  # fmt: skip
+                results = executor.map(drizzle_chips, jobs)
+                # while the jobs hold the buffers' handles
+                for result in results:
+                    result.partial = received(result.partial)
+                del jobs
+            reference = library.borrow(0)
+            library.shelve(reference, 0, modify=False)
+        labels, groups, exposures, added, skipped = [], [], {}, set(), []
+        for result in results:
+            for label, group, times in result.chips:
+                labels.append(label)
+                groups.append(group)
+                exposures.setdefault(group, times)
+            added.update(result.added)
+            skipped.extend(result.skipped)
+        for reason in skipped:
             log.warning("%s: skipped", reason)
-        if not result.added:
+        fillval = parse_fillval(self.fillval)
+        partials = [
+            DrizzleAccumulator.from_partial(part, kernel=self.kernel, fillval=fillval)
+            for part in (result.partial for result in results)
+            if part is not None
+        ]
+        if not partials:
             raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
-        product = accumulator.finalize()
-        added = set(result.added)
+        product = merge_accumulators(partials).finalize()
         used = {group for label, group in zip(labels, groups) if label in added}
         exposures = {group: times for group, times in exposures.items() if group in used}
         # context-bit order: bit i is chip i of the library
@@ -169,12 +188,3 @@ class DrizFinalStep(DrizStep):
         if self.save_results:
             model.save(self.product_path(self.product_name(library), "drz"))
         return model
-
-
-def _exposure_times(model):
-    exposure = model.meta.exposure
-    return {
-        "exptime": float(exposure.exptime),
-        "start": exposure.start if exposure.hasattr("start") else None,
-        "end": exposure.end if exposure.hasattr("end") else None,
-    }

@@ -13,13 +13,14 @@ from ..datamodels import ResampledModel
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
+    ChipSources,
     OutputGridMaker,
-    chip_job,
+    chip_iscale,
     drizzled_bunit,
     electrons_factor,
     parse_fillval,
 )
-from ._tasks import DrizzleJob, drizzle_chips
+from ._tasks import DrizzleJob, drizzle_chips, output_buffers, received
 from .base import DrizStep, exposure_root
 
 __all__ = ["DrizSeparateStep"]
@@ -63,16 +64,23 @@ class DrizSeparateStep(DrizStep):
         spill = Path(scratch) if library.on_disk and scratch and not self.save_results else None
         save = self.save_results or (library.on_disk and spill is None)
         singles = []
-        with self.execution() as executor:
+        with self.execution() as executor, library:
             # exposures in batches of one per worker: at most that many in memory at a time
             batch = max(1, executor.n_workers)
             for start in range(0, len(groups), batch):
                 jobs, metadata = [], []
-                for indices in groups[start : start + batch]:
-                    job, meta = self._exposure_job(library, indices, grid, executor)
-                    jobs.append(job)
-                    metadata.append(meta)
-                for result, meta in zip(executor.map(drizzle_chips, jobs), metadata):
+                with ChipSources(library, executor) as sources:
+                    for indices in groups[start : start + batch]:
+                        job, meta = self._exposure_job(library, sources, indices, grid, executor)
+                        job.out = output_buffers(executor, grid.shape)
+                        jobs.append(job)
+                        metadata.append(meta)
+                    results = executor.map(drizzle_chips, jobs)
+                    # while the jobs hold the buffers' handles
+                    for result in results:
+                        result.product = received(result.product)
+                del jobs
+                for result, meta in zip(results, metadata):
                     single = self._finish(result, meta, grid, len(singles) + 1, len(groups))
                     if single is None:
                         continue
@@ -97,25 +105,26 @@ class DrizSeparateStep(DrizStep):
         log.info("Single %d/%d: %s", number, total, single.meta.filename)
         return single
 
-    def _exposure_job(self, library, indices, grid, executor):
+    def _exposure_job(self, library, sources, indices, grid, executor):
         """The drizzle job of one exposure and the metadata its single needs."""
         chips, readnoise2, skies, first = [], [], [], None
-        with library:
-            for index in indices:
-                model = library.borrow(index)
-                try:
-                    chip = chip_job(model, grid.pixel_scale, executor, good_bits=self.good_bits)
-                    chips.append(chip)
-                    factor = electrons_factor(model)
-                    readnoise2.append(float(model.meta.detector.readnoise or 0.0) ** 2)
-                    # electrons per output pixel: an input pixel's sky times the area ratio
-                    sky = float(model.meta.background.level or 0.0) * factor * chip.iscale
-                    if model.meta.units == "countrate":
-                        sky *= float(model.meta.exposure.exptime)
-                    skies.append(sky)
-                    first = first or _single_metadata(model)
-                finally:
-                    library.shelve(model, index, modify=False)
+        for index in indices:
+            model = library.borrow(index)
+            try:
+                chips.append(
+                    sources.chip(index, grid.pixel_scale, model=model, good_bits=self.good_bits)
+                )
+                factor = electrons_factor(model)
+                readnoise2.append(float(model.meta.detector.readnoise or 0.0) ** 2)
+                # electrons per output pixel: an input pixel's sky times the area ratio
+                sky = float(model.meta.background.level or 0.0) * factor
+                sky *= chip_iscale(model, grid.pixel_scale)
+                if model.meta.units == "countrate":
+                    sky *= float(model.meta.exposure.exptime)
+                skies.append(sky)
+                first = first or _single_metadata(model)
+            finally:
+                library.shelve(model, index, modify=False)
         job = DrizzleJob(
             chips=chips,
             grid_wcs=executor.portable(grid.wcs),
