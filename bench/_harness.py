@@ -109,16 +109,39 @@ def _maxrss_mib(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def _tree_rss_bytes(process: psutil.Process, include_children: bool) -> int:
-    """Resident set size of ``process`` plus, optionally, all its live descendants (bytes)."""
-    total = process.memory_info().rss
-    if include_children:
-        for child in process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                # A worker that ended between listing and reading holds no memory any more.
-                continue
+    """Memory of ``process`` (bytes): its resident set size alone, or with its live
+    descendants the sum of their *proportional* set sizes (PSS), when the system reports them.
+
+    Forked workers share the parent's pages copy-on-write; summing RSS would count every
+    shared page once per process (a 2 GB parent with two forked workers would "use" 6 GB).
+    PSS splits each shared page among the processes mapping it, so the sum over the tree is
+    the memory the tree really holds; for a single process without shared memory it equals
+    RSS.
+    """
+    if not include_children:
+        return process.memory_info().rss
+    members = [process]
+    try:
+        members += process.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+    if len(members) == 1:
+        return process.memory_info().rss
+    total = 0
+    for member in members:
+        try:
+            total += _pss_bytes(member)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            # A worker that ended between listing and reading holds no memory any more.
+            continue
     return total
+
+
+def _pss_bytes(process: psutil.Process) -> int:
+    try:
+        return process.memory_full_info().pss
+    except AttributeError:  # pragma: no cover - no PSS on this platform
+        return process.memory_info().rss
 
 
 class _RssSampler:

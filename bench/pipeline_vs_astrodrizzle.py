@@ -36,10 +36,13 @@ Equivalent parameters (:data:`PARAMETER_MAP`; every value is passed explicitly t
 * AstroDrizzle runs with ``in_memory=False`` (its default; ``--ad-in-memory``), ``num_cores=1``
   (as the issues' reference run; ``num_cores=2`` gave no speed-up here), ``build=True``,
   ``preserve=False`` (no backup copies of the inputs) and ``clean=False`` (its intermediates stay
-  for inspection). drizzlepipe runs with its defaults (``in_memory=True``, error propagation on) and
-  ``steps.blot_cr.save_results=True`` so that its cosmic-ray flags are written (``_crf``
-  files); that write is part of its ``blot_cr`` time, as AstroDrizzle's ``_blt``/``_crmask``
-  writes are part of its blot and driz_cr times.
+  for inspection). drizzlepipe runs with its defaults (``in_memory=True``, error propagation on)
+  except ``scheduler='processes'`` (``--scheduler``; drizzle's C kernels hold the GIL, so the
+  default ``threads`` cannot run them side by side) and ``steps.blot_cr.save_results=True`` so
+  that its cosmic-ray flags are written (``_crf`` files); that write is part of its ``blot_cr``
+  time, as AstroDrizzle's ``_blt``/``_crmask`` writes are part of its blot and driz_cr times.
+* Peak memory of a process tree is the sum of the processes' proportional set sizes (shared
+  pages counted once, see ``_harness._tree_rss_bytes``), of a lone process its RSS.
 
 Cosmic-ray scores (the same function for both): per chip, the *strong* cosmic-ray pixels are
 those whose true deposit exceeds 5 sigma (the input ``ERR``) on pixels with ``DQ == 0`` in the
@@ -301,6 +304,7 @@ def _ours_worker(spec_file, report_file):
             output_dir=spec["output_dir"],
             steps=spec["steps"],
             in_memory=spec["in_memory"],
+            scheduler=spec["scheduler"],
         )
 
     if spec.get("profile"):
@@ -321,7 +325,9 @@ def _ours_worker(spec_file, report_file):
     Path(report_file).write_text(json.dumps(report))
 
 
-def run_drizzlepipe(flt_files, workdir, sky_method, in_memory=True, profile=False):
+def run_drizzlepipe(
+    flt_files, workdir, sky_method, in_memory=True, profile=False, scheduler="processes"
+):
     """Run ``DrizzlePipeline`` on ``flt_files`` in a fresh process; products in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("*.fits"):
@@ -334,6 +340,7 @@ def run_drizzlepipe(flt_files, workdir, sky_method, in_memory=True, profile=Fals
         "output_dir": str(workdir),
         "steps": drizzlepipe_step_parameters(sky_method),
         "in_memory": in_memory,
+        "scheduler": scheduler,
         "log": str(workdir / "pipeline.log"),
         "profile": str(workdir / "profile.pstats") if profile else None,
     }
@@ -648,6 +655,11 @@ def main(argv=None):
     parser.add_argument(
         "--profile", action="store_true", help="run drizzlepipe under cProfile (slower)"
     )
+    parser.add_argument(
+        "--scheduler",
+        default="processes",
+        help="drizzlepipe's scheduler (default processes: drizzle's kernels hold the GIL)",
+    )
     parser.add_argument("--ours-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ours_worker:
@@ -687,6 +699,7 @@ def main(argv=None):
         args.sky_method,
         in_memory=not args.ours_on_disk,
         profile=args.profile,
+        scheduler=args.scheduler,
     )
     print(f"  drizzlepipe call {ours.total_s:.1f} s, peak RSS {ours.peak_rss_mib:.0f} MiB")
     if args.profile:
@@ -721,6 +734,7 @@ def main(argv=None):
         },
         "sky_method": args.sky_method,
         "drizzlepipe_in_memory": not args.ours_on_disk,
+        "drizzlepipe_scheduler": args.scheduler,
         "astrodrizzle_parameters": pars,
         "drizzlepipe_steps": drizzlepipe_step_parameters(args.sky_method),
         "drizzlepipe": asdict(ours),

@@ -15,7 +15,7 @@ from stpipe import Step
 
 from ..datamodels import DrizDataModel, ModelLibrary, open_path
 from ..datamodels.readers import product_model_type
-from ..execution import Executor
+from ..execution import Executor, default_workers
 
 __all__ = ["DrizStep", "KNOWN_SUFFIXES", "exposure_root", "open_step_input"]
 
@@ -155,10 +155,12 @@ class DrizStep(Step):
             yield executor
 
     def prepare_library(self, init, on_disk=False):
-        """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged)."""
-        if isinstance(init, ModelLibrary):
-            return init
-        return ModelLibrary(init, on_disk=on_disk)
+        """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged),
+        with an in-memory library's chips read already (several files at a time)."""
+        library = init if isinstance(init, ModelLibrary) else ModelLibrary(init, on_disk=on_disk)
+        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
+        library.preload(self.n_workers or (shared.n_workers if shared else default_workers()))
+        return library
 
     def record_step_status(self, model, status="COMPLETE"):
         """Write this step's status into ``model.meta.cal_step.<class_alias>``."""

@@ -50,9 +50,10 @@ def file_kind(path):
 
 
 def open_fits(path):
-    """Open a FITS file read-only without memory mapping; unreadable files give a clear error."""
+    """Open a FITS file read-only (memory-mapped: readers copy what they keep, straight from
+    the page cache); unreadable files give a clear error."""
     try:
-        return fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True)
+        return fits.open(path, mode="readonly", memmap=True, lazy_load_hdus=True)
     except (OSError, ValueError, TypeError) as exc:
         raise DrizzlepipeInputError(path, f"unreadable FITS file ({exc})") from None
 
