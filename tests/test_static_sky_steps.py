@@ -71,6 +71,33 @@ def test_sky_methods_recover_the_true_sky(small_simulation):
         assert levels[0] == pytest.approx(truth[root], abs=0.1)
 
 
+@pytest.mark.parametrize("method", ["localmin", "globalmin+match"])
+def test_on_disk_library_reads_chips_on_demand_and_gives_the_same_sky(
+    small_simulation, tmp_path, method, monkeypatch
+):
+    files = [str(p) for p in small_simulation.flt_files]
+    in_memory = _levels(SkySubStep(method=method).run(ModelLibrary(files)))
+    on_disk = ModelLibrary(files, on_disk=True, temp_directory=tmp_path)
+    held, most_held, original = set(), [0], on_disk.borrow
+
+    def counting_borrow(index):  # chips borrowed and not yet shelved, at most
+        held.add(index)
+        most_held[0] = max(most_held[0], len(held))
+        return original(index)
+
+    def counting_shelve(model, index=None, modify=True):
+        held.discard(index)
+        return type(on_disk).shelve(on_disk, model, index, modify)
+
+    monkeypatch.setattr(on_disk, "borrow", counting_borrow)
+    monkeypatch.setattr(on_disk, "shelve", counting_shelve)
+    levels = _levels(SkySubStep(method=method).run(on_disk))
+    assert levels.keys() == in_memory.keys()
+    for root in levels:
+        assert levels[root] == pytest.approx(in_memory[root], rel=1e-6, abs=1e-9)
+    assert most_held[0] == 1  # one chip in memory at a time
+
+
 def test_subtract_changes_data_and_is_recorded(small_simulation):
     library = ModelLibrary([str(small_simulation.flt_files[0])])
     with library:

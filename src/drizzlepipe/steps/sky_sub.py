@@ -70,9 +70,13 @@ class SkySubStep(DrizStep):
         user_masks = _read_catalogue(self.mask_files, "mask_files") if self.mask_files else {}
         with library:
             chips, labels, files = [], [], []
+            # On disk, a chip's pixels are read when the sky algorithms reach it (they work one
+            # exposure at a time), so memory holds one chip, not all of them.
+            pixels = _OnDemandPixels(library, self, user_masks) if library.on_disk else None
             for index in range(len(library)):
                 model = library.borrow(index)
-                chips.append(self._sky_chip(model, user_masks, library.on_disk))
+                chip = self._sky_chip(model, user_masks, pixels, index)
+                chips.append(chip)
                 labels.append(chip_label(model))
                 files.append(model.meta.filename)
                 library.shelve(model, index, modify=False)
@@ -90,22 +94,12 @@ class SkySubStep(DrizStep):
             self._save(library)
         return library
 
-    def _sky_chip(self, model, user_masks, library_on_disk):
-        mask = bad_pixels(model, self.good_bits, use_static=self.use_static)
-        extra = user_masks.get(model.meta.filename)
-        if extra:
-            position = int(model.meta.chip or 1) - 1
-            mask_file = extra[min(position, len(extra) - 1)]
-            user = np.asarray(fits.getdata(mask_file))
-            if user.shape != model.data.shape:
-                raise DrizzlepipeInputError(
-                    mask_file, f"mask shape {user.shape} differs from {model.data.shape}"
-                )
-            mask |= user == 0
-        data = data_with_sky(model)
-        if library_on_disk and data is model.data:
-            # the model's arrays close with it when it is shelved back to disk
-            data = np.array(data)
+    def _sky_chip(self, model, user_masks, pixels=None, index=None):
+        """The chip's :class:`SkyChip`: its arrays, or (``pixels``) arrays read on demand."""
+        if pixels is None:
+            data, mask = self._sky_arrays(model, user_masks)
+        else:
+            data, mask = pixels.arrays(index, model.data.shape)
         units = model.meta.units
         return SkyChip(
             data=data,
@@ -119,6 +113,21 @@ class SkySubStep(DrizStep):
             name=chip_label(model),
             per_area=units == "surface_brightness",
         )
+
+    def _sky_arrays(self, model, user_masks):
+        """Data (sky included) and mask (True = not sky) of one chip."""
+        mask = bad_pixels(model, self.good_bits, use_static=self.use_static)
+        extra = user_masks.get(model.meta.filename)
+        if extra:
+            position = int(model.meta.chip or 1) - 1
+            mask_file = extra[min(position, len(extra) - 1)]
+            user = np.asarray(fits.getdata(mask_file))
+            if user.shape != model.data.shape:
+                raise DrizzlepipeInputError(
+                    mask_file, f"mask shape {user.shape} differs from {model.data.shape}"
+                )
+            mask |= user == 0
+        return data_with_sky(model), mask
 
     def _compute(self, chips, statistic, user_values):
         try:
@@ -178,6 +187,45 @@ class SkySubStep(DrizStep):
                 finally:
                     for model, index in zip(models, indices):
                         library.shelve(model, index, modify=False)
+
+
+class _OnDemandPixels:
+    """Sky arrays of an on-disk library's chips, read when first used and kept for one chip
+    only (the sky algorithms take a chip's data and mask one after the other)."""
+
+    def __init__(self, library, step, user_masks):
+        self._library, self._step, self._user_masks = library, step, user_masks
+        self._index, self._arrays = None, None
+
+    def arrays(self, index, shape):
+        """Stand-ins for chip ``index``'s data and mask (shape known, pixels read on use)."""
+        return _PixelsOnUse(self, index, 0, shape), _PixelsOnUse(self, index, 1, shape)
+
+    def load(self, index):
+        if self._index != index:
+            self._index, self._arrays = None, None  # let the previous chip go first
+            model = self._library.borrow(index)
+            try:
+                data, mask = self._step._sky_arrays(model, self._user_masks)
+                # a copy: the model's arrays close with it when it is shelved back to disk
+                self._arrays = (np.array(data), mask)
+            finally:
+                self._library.shelve(model, index, modify=False)
+            self._index = index
+        return self._arrays
+
+
+class _PixelsOnUse:
+    """An array-like with a shape whose values are read from the library when used."""
+
+    def __init__(self, source, index, which, shape):
+        self._source, self._index, self._which = source, index, which
+        self.shape = tuple(shape)
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        array = self._source.load(self._index)[self._which]
+        return array if dtype is None else array.astype(dtype, copy=False)
 
 
 def _read_catalogue(path, what):
