@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -110,3 +111,19 @@ def test_final_products_are_identical_across_schedulers(by_scheduler, scheduler)
     reference, other = by_scheduler["serial"], by_scheduler[scheduler]
     for name in ("data", "wht", "err", "con"):
         np.testing.assert_array_equal(getattr(other, name), getattr(reference, name))
+
+
+def _slow_square(value):
+    time.sleep(0.3)
+    return value * value
+
+
+@pytest.mark.parametrize("scheduler", ["serial", "threads"])
+def test_progress_bar_on_request_and_not_by_default_off_a_terminal(scheduler, capsys):
+    with Executor(scheduler, n_workers=2, progress=True) as executor:
+        assert executor.map(_slow_square, [1, 2, 3, 4], label="Squaring") == [1, 4, 9, 16]
+    drawn = capsys.readouterr().err
+    assert "Squaring (4 tasks)" in drawn and "100% Completed" in drawn
+    with Executor(scheduler, n_workers=2) as executor:  # stderr is not a terminal here
+        assert executor.map(_slow_square, [1, 2, 3]) == [1, 4, 9]
+    assert "Completed" not in capsys.readouterr().err

@@ -24,6 +24,7 @@ workers share. Objects that cannot be inherited are opened by the worker from a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import multiprocessing
@@ -169,9 +170,12 @@ class Executor:
     scratch_dir : str or None
         Where arrays for other processes are written (default: the system's temporary
         directory); a new subdirectory is made and removed by :meth:`close`.
+    progress : bool or None
+        Draw a progress bar on standard error for maps of several tasks (None: when standard
+        error is a terminal). Not drawn for a distributed cluster (see its dashboard).
     """
 
-    def __init__(self, scheduler="threads", n_workers=None, scratch_dir=None):
+    def __init__(self, scheduler="threads", n_workers=None, scratch_dir=None, progress=None):
         scheduler = str(scheduler or "threads")
         if scheduler not in SCHEDULERS and not scheduler.startswith(("tcp://", "tls://")):
             raise ValueError(
@@ -182,6 +186,7 @@ class Executor:
         self.n_workers = int(n_workers) if n_workers else default_workers()
         self._scratch_root = scratch_dir
         self._scratch = None
+        self.progress = progress
         self._pool = None
         self._client = None
 
@@ -263,30 +268,48 @@ class Executor:
         """
         return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def map(self, func, items):
-        """``[func(item) for item in items]``, run by the scheduler, in input order."""
+    def map(self, func, items, label=None):
+        """``[func(item) for item in items]``, run by the scheduler, in input order.
+
+        ``label`` names the work on the progress bar (see ``progress``).
+        """
         items = list(items)
         if not items:
             return []
-        if self.shares_memory and self.scheduler != "threads":
+        bar = self._progress_bar(label, len(items))
+        if self.shares_memory and self.scheduler != "threads" and bar is None:
             return [func(item) for item in items]
         import dask
 
         tasks = [dask.delayed(func, pure=False)(item) for item in items]
-        if self.scheduler == "threads":
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
-        if self.scheduler == "processes":
-            try:
-                # chunksize=1: dask's default batches up to 6 ready tasks into one submission,
-                # which ran a step's few large tasks one after the other in a single worker.
-                pool = self._process_pool()
-                return list(dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1))
-            finally:
-                if self.inherits:
-                    # Forked workers see the objects shared before they were forked, and they
-                    # keep the parent's memory as it was then: none outlives its map.
-                    self._close_pool()
+        with bar or contextlib.nullcontext():
+            if self.scheduler == "threads":
+                return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
+            if self.shares_memory:
+                return list(dask.compute(*tasks, scheduler="sync"))
+            if self.scheduler == "processes":
+                try:
+                    # chunksize=1: dask's default batches up to 6 ready tasks into one
+                    # submission, which ran a step's few large tasks one after the other.
+                    pool = self._process_pool()
+                    return list(dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1))
+                finally:
+                    if self.inherits:
+                        # Forked workers see the objects shared before they were forked, and
+                        # they keep the parent's memory as it was then: none outlives its map.
+                        self._close_pool()
         return list(dask.compute(*tasks, scheduler=self._distributed_client()))
+
+    def _progress_bar(self, label, n_tasks):
+        """dask's progress bar on standard error, or None."""
+        wanted = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not wanted or n_tasks < 2 or self.scheduler.startswith(("tcp://", "tls://")):
+            return None
+        from dask.diagnostics import ProgressBar
+
+        if label:
+            print(f"{label} ({n_tasks} tasks)", file=sys.stderr, flush=True)
+        return ProgressBar(minimum=0.5, out=sys.stderr)
 
     def _process_pool(self):
         if self._pool is None:

@@ -358,6 +358,7 @@ def blot_and_detect(job):
             readout_direction=job.readout_direction,
             model_variance=model_variance,
         )
+    log.info("Checked %s for cosmic rays", job.label)
     return BlotCRResult(
         packed_mask=np.packbits(cr_mask, axis=None),
         shape=job.shape,

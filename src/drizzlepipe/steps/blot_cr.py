@@ -92,7 +92,8 @@ class BlotCRStep(DrizStep):
                                   executor)
                         for i in indices
                     ]  # fmt: skip
-                    results = dict(zip(indices, executor.map(blot_and_detect, jobs)))
+                    found = executor.map(blot_and_detect, jobs, label="Blot + cosmic rays")
+                    results = dict(zip(indices, found))
                     del jobs
                     for index in indices:
                         self._record(models[index], results[index], totals)
@@ -216,7 +217,7 @@ class BlotCRStep(DrizStep):
             if executor.shares_objects:
                 refs = {i: executor.share_object(models[i]) for m in group for i in m}
                 jobs = [CopyJob([refs[i] for i in chosen], path) for chosen, path in writes]
-                executor.map(write_copy, jobs)
+                executor.map(write_copy, jobs, label="Writing _crf copies")
                 del refs, jobs
             else:
                 for chosen, path in writes:

@@ -86,7 +86,7 @@ class DrizFinalStep(DrizStep):
                     "Final drizzle: %d chips in %d run(s) on %d worker(s) (%s)",
                     len(library), len(jobs), executor.n_workers, executor.scheduler,
                 )  # fmt: skip
-                results = executor.map(drizzle_chips, jobs)
+                results = executor.map(drizzle_chips, jobs, label="Final drizzle")
                 # while the jobs hold the buffers' handles
                 for result in results:
                     result.partial = received(result.partial)

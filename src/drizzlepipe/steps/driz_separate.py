@@ -75,7 +75,7 @@ class DrizSeparateStep(DrizStep):
                         job.out = output_buffers(executor, grid.shape)
                         jobs.append(job)
                         metadata.append(meta)
-                    results = executor.map(drizzle_chips, jobs)
+                    results = executor.map(drizzle_chips, jobs, label="Single drizzle")
                     # while the jobs hold the buffers' handles
                     for result in results:
                         result.product = received(result.product)
