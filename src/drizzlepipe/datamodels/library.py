@@ -19,6 +19,7 @@ from pathlib import Path
 
 from stdatamodels import DataModel
 from stpipe.library import AbstractModelLibrary, NoGroupID
+from stpipe.step import Step as StpipeStep
 
 from ..exceptions import DrizzlepipeInputError
 from .models import DrizDataModel, ImageModel
@@ -269,6 +270,14 @@ class ModelLibrary(AbstractModelLibrary):
 
     def _assign_member_to_model(self, model, member):
         _assign_member(model, member, self._asn.get("table_name"), self._asn.get("asn_pool"))
+
+    def finalize_result(self, step, reference_files_used):
+        """stpipe's hook after a step returns the library: it gives every model to the step's
+        ``finalize_result`` and shelves it *modified*, which on disk rewrites every chip. When
+        the step keeps stpipe's no-op hook (all drizzlepipe steps do) there is nothing to do."""
+        if type(step).finalize_result is StpipeStep.finalize_result:
+            return
+        super().finalize_result(step, reference_files_used)
 
     def shelve(self, model, index=None, modify=True):
         """Return a borrowed model (see stpipe); an on-disk copy keeps the input's file name."""
