@@ -250,7 +250,9 @@ def write_default_grid(flt_files, grid_file):
     from drizzlepipe.datamodels import ModelLibrary
     from drizzlepipe.steps._drizzle_common import OutputGridMaker
 
-    grid = OutputGridMaker().make(ModelLibrary([str(path) for path in flt_files]))
+    # on disk: one chip in memory at a time, whatever the number of exposures
+    library = ModelLibrary([str(path) for path in flt_files], on_disk=True)
+    grid = OutputGridMaker().make(library)
     header = grid.to_fits_header()
     fits.PrimaryHDU(data=np.zeros(grid.shape, np.uint8), header=header).writeto(
         grid_file, overwrite=True
@@ -326,9 +328,12 @@ def _ours_worker(spec_file, report_file):
 
 
 def run_drizzlepipe(
-    flt_files, workdir, sky_method, in_memory=True, profile=False, scheduler="processes"
-):
-    """Run ``DrizzlePipeline`` on ``flt_files`` in a fresh process; products in ``workdir``."""
+    flt_files, workdir, sky_method, in_memory=True, profile=False, scheduler="processes",
+    steps=None,
+):  # fmt: skip
+    """Run ``DrizzlePipeline`` on ``flt_files`` in a fresh process; products in ``workdir``.
+
+    ``steps``: step parameters (default: :func:`drizzlepipe_step_parameters`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("*.fits"):
         old.unlink()
@@ -338,7 +343,7 @@ def run_drizzlepipe(
     spec = {
         "asn": str(asn),
         "output_dir": str(workdir),
-        "steps": drizzlepipe_step_parameters(sky_method),
+        "steps": steps if steps is not None else drizzlepipe_step_parameters(sky_method),
         "in_memory": in_memory,
         "scheduler": scheduler,
         "log": str(workdir / "pipeline.log"),
@@ -381,8 +386,9 @@ def run_drizzlepipe(
 # --------------------------------------------------------------------------------------------
 
 
-def run_peer(flt_files, workdir, peer_python, pars, sky_method):
-    """``_harness.run_astrodrizzle`` with the skypac patch on the path for matched skies."""
+def run_peer(flt_files, workdir, peer_python, pars, sky_method, timeout=None):
+    """``_harness.run_astrodrizzle`` with the skypac patch on the path for matched skies
+    (``timeout`` in seconds: ``subprocess.TimeoutExpired`` after killing it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("*.fits"):
         old.unlink()  # products of an earlier run would be taken for this run's
@@ -393,7 +399,9 @@ def run_peer(flt_files, workdir, peer_python, pars, sky_method):
         (patch_dir / "sitecustomize.py").write_text(SKYPAC_PATCH)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(patch_dir), saved_pythonpath]))
     try:
-        return run_astrodrizzle(flt_files, workdir, peer_python=peer_python, **pars)
+        return run_astrodrizzle(
+            flt_files, workdir, peer_python=peer_python, timeout=timeout, **pars
+        )
     finally:
         if saved_pythonpath is None:
             os.environ.pop("PYTHONPATH", None)
