@@ -99,3 +99,53 @@ def test_on_disk_library_keeps_changes_in_temporary_files_not_inputs(tmp_path, e
     assert exposures[0].read_bytes() == original
     saved = list((tmp_path / "scratch").rglob("*.asdf"))
     assert len(saved) == 1 and np.all(np.isfinite(dm.open(saved[0]).data))
+
+
+def test_on_disk_library_saves_only_the_state_of_chips_whose_pixels_are_unchanged(
+    tmp_path, exposures
+):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    original = exposures[0].read_bytes()
+    library = ModelLibrary([str(p) for p in exposures], on_disk=True, temp_directory=scratch)
+    with library:
+        model = library.borrow(1)  # exposure 0, chip 2
+        data = model.data.copy()
+        sky_position = model.meta.wcs.pixel_to_world_values(10.0, 20.0)
+        model.dq[2, 3] |= 4096
+        model.static_mask = np.zeros(model.data.shape, np.uint8)
+        model.static_mask[4, 5] = 1
+        model.meta.background.level = 12.5
+        model.meta.group_id = "renamed"
+        library.shelve(model, 1, modify=True)
+    (state,) = scratch.rglob("*.asdf")
+    assert state.name.endswith(".state.asdf")
+    state_size = state.stat().st_size
+
+    def check(again):
+        np.testing.assert_array_equal(again.data, data)  # read from the input file
+        assert again.dq[2, 3] & 4096 and again.static_mask.sum() == 1
+        assert again.static_mask[4, 5] == 1
+        assert again.meta.background.level == 12.5 and again.meta.group_id == "renamed"
+        assert again.meta.filename == exposures[0].name
+        pixel = again.meta.wcs.world_to_pixel_values(*sky_position)
+        np.testing.assert_allclose(pixel, (10.0, 20.0), atol=1e-6)
+
+    with library:
+        again = library.borrow(1)
+        check(again)
+        library.shelve(again, 1, modify=False)
+    check(library.member_ref(1).get())  # what a worker process opens
+    # changed pixels need the whole chip: a full copy replaces the state file
+    with library:
+        model = library.borrow(1)
+        model.data[0, 0] += 1.0
+        library.shelve(model, 1, modify=True)
+    (full,) = scratch.rglob("*.asdf")
+    assert not full.name.endswith(".state.asdf")
+    assert state_size < full.stat().st_size / 3  # metadata and compressed masks only
+    with library:
+        model = library.borrow(1)
+        assert model.data[0, 0] == data[0, 0] + 1.0 and model.static_mask[4, 5] == 1
+        library.shelve(model, 1, modify=False)
+    assert exposures[0].read_bytes() == original

@@ -13,15 +13,20 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zlib
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import asdf
+import numpy as np
 from stdatamodels import DataModel
 from stpipe.library import AbstractModelLibrary, NoGroupID
 from stpipe.step import Step as StpipeStep
 
 from ..exceptions import DrizzlepipeInputError
+from ._atomic import atomic_target
 from .models import DrizDataModel, ImageModel
 from .readers import chip_members, convert_jwst_model, open_path, split_selector
 
@@ -271,6 +276,28 @@ class ModelLibrary(AbstractModelLibrary):
     def _assign_member_to_model(self, model, member):
         _assign_member(model, member, self._asn.get("table_name"), self._asn.get("asn_pool"))
 
+    def borrow(self, index):
+        """Borrow chip ``index`` (see stpipe); its :meth:`chip_info` is recorded on the way."""
+        model = super().borrow(index)
+        self._chip_info()[index] = ChipInfo.of(model)
+        return model
+
+    def chip_info(self, index):
+        """:class:`ChipInfo` of chip ``index`` without keeping the chip: recorded when it was
+        last borrowed or shelved, read once otherwise (an on-disk library then needs no file
+        read for what only needs a chip's WCS, shape or metadata)."""
+        known = self._chip_info().get(index)
+        if known is None:
+            model = self.borrow(index)
+            self.shelve(model, index, modify=False)
+            known = self._chip_info()[index]
+        return known
+
+    def _chip_info(self):
+        if "_info" not in self.__dict__:
+            self._info = {}
+        return self._info
+
     def finalize_result(self, step, reference_files_used):
         """stpipe's hook after a step returns the library: it gives every model to the step's
         ``finalize_result`` and shelves it *modified*, which on disk rewrites every chip. When
@@ -280,9 +307,28 @@ class ModelLibrary(AbstractModelLibrary):
         super().finalize_result(step, reference_files_used)
 
     def shelve(self, model, index=None, modify=True):
-        """Return a borrowed model (see stpipe); an on-disk copy keeps the input's file name."""
+        """Return a borrowed model (see stpipe); an on-disk copy keeps the input's file name.
+
+        On disk, a modified chip whose data and error arrays still equal its input file's is
+        saved as a small *state* file (metadata, DQ and static mask, compressed) that is laid
+        over the input when the chip is borrowed again, instead of a full copy: the steps
+        change only those (measured: 0.25 MB written instead of 110 MB for a UVIS chip).
+        """
+        if index is not None:
+            self._chip_info()[index] = ChipInfo.of(model)
         model._keep_filename = True
         try:
+            source = model.__dict__.get("_drizzlepipe_source")
+            if modify and self._on_disk and source and _fingerprint(model) == source["crc"]:
+                if index is None:
+                    index = self._ledger[model]
+                path = self._temp_path_for_model(model, index).with_suffix(_STATE_SUFFIX)
+                _write_state(model, source, path)
+                old = self._temp_filenames.get(index)
+                if old is not None and Path(old) != path:
+                    os.remove(old)
+                self._temp_filenames[index] = path
+                modify = False
             super().shelve(model, index, modify)
         finally:
             del model._keep_filename
@@ -295,8 +341,96 @@ class ModelLibrary(AbstractModelLibrary):
         return subpath / f"{stem}.asdf"
 
 
+@dataclass(frozen=True)
+class ChipInfo:
+    """What steps need of a chip without its pixels (:meth:`ModelLibrary.chip_info`)."""
+
+    wcs: object
+    shape: tuple
+    pixel_scale: float | None  # meta.detector.pixel_scale [arcsec]
+    group_id: str | None
+    filename: str | None
+    extension: str | None
+    chip: int | None
+    exptime: float | None
+    units: str | None
+    sky: float | None
+    sky_subtracted: bool
+    cr_npix: int | None
+
+    @classmethod
+    def of(cls, model):
+        meta = model.meta
+        return cls(
+            wcs=meta.wcs,
+            shape=tuple(model.data.shape),
+            pixel_scale=meta.detector.pixel_scale,
+            group_id=meta.group_id,
+            filename=meta.filename,
+            extension=meta.source.extension if meta.hasattr("source") else None,
+            chip=meta.chip,
+            exptime=meta.exposure.exptime,
+            units=meta.units,
+            sky=meta.background.level,
+            sky_subtracted=bool(meta.background.subtracted),
+            cr_npix=meta.cosmic_rays.npix,
+        )
+
+
+#: Suffix of an on-disk library's state files (see ModelLibrary.shelve).
+_STATE_SUFFIX = ".state.asdf"
+#: Arrays a state file does not hold: they are read from the input file.
+_INPUT_ARRAYS = ("data", "err", "var_rnoise", "var_poisson")
+
+
+def _fingerprint(model):
+    """CRC32 of the chip's data and error arrays (7 ms for a UVIS chip)."""
+    crc = 0
+    for name in _INPUT_ARRAYS:
+        array = model._instance.get(name)
+        if isinstance(array, np.ndarray):
+            crc = zlib.crc32(np.ascontiguousarray(array).view(np.uint8), crc)
+    return crc
+
+
+def _write_state(model, source, path):
+    tree = {key: value for key, value in model._instance.items() if key not in _INPUT_ARRAYS}
+    tree["drizzlepipe_state"] = dict(source)
+    with atomic_target(path, ".asdf") as tmp_name:
+        # DQ and static masks are mostly zeros: zlib makes them small and fast to write.
+        asdf.AsdfFile(tree).write_to(tmp_name, all_array_compression="zlib")
+
+
+def _open_state(path):
+    """A chip from its input file with a state file's metadata and arrays laid over it."""
+    try:
+        with asdf.open(path, lazy_load=False, memmap=False) as state_file:
+            tree = dict(state_file.tree)
+            source = dict(tree.pop("drizzlepipe_state"))
+            for key in ("asdf_library", "history"):
+                tree.pop(key, None)
+            tree = {
+                key: np.array(value) if isinstance(value, np.ndarray) else value
+                for key, value in tree.items()
+            }
+    except Exception as exc:  # asdf raises many types for damaged files
+        raise DrizzlepipeInputError(path, f"unreadable library state file ({exc})") from None
+    model = _open_chip(source["name"], False, source["kwargs"])
+    model._instance.update(tree)
+    return model
+
+
 def _open_chip(filename, is_temp_copy, kwargs):
-    model = open_path(filename, **kwargs)
+    if is_temp_copy and str(filename).endswith(_STATE_SUFFIX):
+        return _open_state(filename)
+    # A temporary copy is an ImageModel written by the library: open it as one directly
+    # (open_path would first parse the whole tree, WCS included, to find the model type).
+    model = ImageModel(str(filename)) if is_temp_copy else open_path(filename, **kwargs)
+    if not is_temp_copy and isinstance(model, ImageModel):
+        # what an on-disk library needs to save only the chip's state later
+        model._drizzlepipe_source = {
+            "name": str(filename), "kwargs": dict(kwargs), "crc": _fingerprint(model),
+        }  # fmt: skip
     if not isinstance(model, ImageModel):
         raise DrizzlepipeInputError(filename, "expected one chip (ImageModel) for a library member")
     if is_temp_copy:
@@ -321,7 +455,8 @@ def _assign_member(model, member, table_name, pool_name):
 def open_library_member(filename, is_temp_copy, member, table_name, pool_name, kwargs):
     """Open a library member as the library's ``borrow`` does (:meth:`ModelLibrary.member_ref`)."""
     model = _open_chip(filename, is_temp_copy, kwargs)
-    _assign_member(model, member, table_name, pool_name)
+    if not is_temp_copy:  # as stpipe: a shelved copy keeps what it was given
+        _assign_member(model, member, table_name, pool_name)
     return model
 
 

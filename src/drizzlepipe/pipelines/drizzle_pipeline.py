@@ -188,13 +188,11 @@ class DrizzlePipeline(DrizPipeline):
         rows = []
         with library:
             for indices in library.group_indices.values():
-                models = [library.borrow(index) for index in indices]
-                skies = ", ".join(f"{m.meta.background.level or 0.0:.4g}" for m in models)
-                flagged = sum(int(m.meta.cosmic_rays.npix or 0) for m in models)
-                pixels = sum(m.data.size for m in models)
-                rows.append((models[0].meta.filename, len(models), skies, flagged / pixels))
-                for model, index in zip(models, indices):
-                    library.shelve(model, index, modify=False)
+                chips = [library.chip_info(index) for index in indices]
+                skies = ", ".join(f"{chip.sky or 0.0:.4g}" for chip in chips)
+                flagged = sum(int(chip.cr_npix or 0) for chip in chips)
+                pixels = sum(int(np.prod(chip.shape)) for chip in chips)
+                rows.append((chips[0].filename, len(chips), skies, flagged / pixels))
         width = max(len(row[0]) for row in rows)
         lines = [f"{'exposure':<{width}}  chips  sky (data units/pixel)        CR fraction"]
         for filename, nchips, skies, fraction in rows:

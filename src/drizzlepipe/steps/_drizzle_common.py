@@ -109,15 +109,11 @@ class OutputGridMaker:
         """Build the grid for the chips of ``library`` (reads only their WCS and shapes)."""
         if self.refimage:
             return _refimage_grid(self.refimage)
-        wcs_list, shapes, reference_scale = [], [], None
         with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                wcs_list.append(model.meta.wcs)
-                shapes.append(model.data.shape)
-                if index == 0:
-                    reference_scale = model.meta.detector.pixel_scale
-                library.shelve(model, index, modify=False)
+            chips = [library.chip_info(index) for index in range(len(library))]
+        wcs_list = [chip.wcs for chip in chips]
+        shapes = [chip.shape for chip in chips]
+        reference_scale = chips[0].pixel_scale
         shape = None if self.output_shape is None else (self.output_shape[1], self.output_shape[0])
         return default_output_grid(
             wcs_list,
@@ -141,9 +137,12 @@ def data_with_sky(model):
 
 
 def chip_label(model):
-    """``file[SCI,n]`` for messages and context bookkeeping."""
-    extension = model.meta.source.extension or f"SCI,{model.meta.chip or 1}"
-    return f"{model.meta.filename}[{extension}]"
+    """``file[SCI,n]`` for messages and context bookkeeping (a model or its ``ChipInfo``)."""
+    meta = getattr(model, "meta", None)
+    if meta is None:  # ChipInfo
+        return f"{model.filename}[{model.extension or f'SCI,{model.chip or 1}'}]"
+    extension = meta.source.extension or f"SCI,{meta.chip or 1}"
+    return f"{meta.filename}[{extension}]"
 
 
 def electrons_factor(model):

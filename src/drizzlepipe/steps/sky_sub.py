@@ -19,6 +19,7 @@ from astropy.io import fits
 
 from ..algorithms.grid import pixel_scale
 from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky
+from ..datamodels.library import ChipInfo
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
@@ -74,12 +75,16 @@ class SkySubStep(DrizStep):
             # exposure at a time), so memory holds one chip, not all of them.
             pixels = _OnDemandPixels(library, self, user_masks) if library.on_disk else None
             for index in range(len(library)):
-                model = library.borrow(index)
-                chip = self._sky_chip(model, user_masks, pixels, index)
+                if pixels is not None:
+                    info = library.chip_info(index)  # no file read when known
+                    chip = self._sky_chip(info, user_masks, pixels, index)
+                else:
+                    model = library.borrow(index)
+                    info, chip = ChipInfo.of(model), self._sky_chip(model, user_masks)
+                    library.shelve(model, index, modify=False)
                 chips.append(chip)
-                labels.append(chip_label(model))
-                files.append(model.meta.filename)
-                library.shelve(model, index, modify=False)
+                labels.append(chip.name)
+                files.append(info.filename)
             user_values = None
             if self.method == "user":
                 user_values = _user_values(self.skyfile, files)
@@ -94,24 +99,25 @@ class SkySubStep(DrizStep):
             self._save(library)
         return library
 
-    def _sky_chip(self, model, user_masks, pixels=None, index=None):
-        """The chip's :class:`SkyChip`: its arrays, or (``pixels``) arrays read on demand."""
+    def _sky_chip(self, chip, user_masks, pixels=None, index=None):
+        """The :class:`SkyChip` of a model (its arrays), or of a library's
+        :class:`~drizzlepipe.datamodels.library.ChipInfo` with ``pixels`` read on demand."""
         if pixels is None:
-            data, mask = self._sky_arrays(model, user_masks)
+            info = ChipInfo.of(chip)
+            data, mask = self._sky_arrays(chip, user_masks)
         else:
-            data, mask = pixels.arrays(index, model.data.shape)
-        units = model.meta.units
+            info = chip
+            data, mask = pixels.arrays(index, info.shape)
         return SkyChip(
             data=data,
-            wcs=model.meta.wcs,
-            exposure_id=model.meta.group_id,
-            pixel_scale=model.meta.detector.pixel_scale
-            or pixel_scale(model.meta.wcs, model.data.shape),
-            exptime=float(model.meta.exposure.exptime),
-            in_counts=units == "counts",
+            wcs=info.wcs,
+            exposure_id=info.group_id,
+            pixel_scale=info.pixel_scale or pixel_scale(info.wcs, info.shape),
+            exptime=float(info.exptime),
+            in_counts=info.units == "counts",
             mask=mask,
-            name=chip_label(model),
-            per_area=units == "surface_brightness",
+            name=chip_label(info),
+            per_area=info.units == "surface_brightness",
         )
 
     def _sky_arrays(self, model, user_masks):
