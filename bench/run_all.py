@@ -20,6 +20,8 @@ BENCHMARKS = (
     "median.py",
     "resample_kernels.py",
     "pipeline_vs_astrodrizzle.py",
+    "schedulers.py",
+    "scaling.py",  # about an hour: 8, 32 and 128 exposures of 2048 x 2048, AstroDrizzle too
 )
 
 
