@@ -127,3 +127,27 @@ def test_progress_bar_on_request_and_not_by_default_off_a_terminal(scheduler, ca
     with Executor(scheduler, n_workers=2) as executor:  # stderr is not a terminal here
         assert executor.map(_slow_square, [1, 2, 3]) == [1, 4, 9]
     assert "Completed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_results_in_shared_buffers_come_back_as_handles_not_arrays(monkeypatch, fork):
+    from drizzlepipe.algorithms.resample import PartialDrizzle
+    from drizzlepipe.steps._tasks import _InBuffer, _ship, received
+
+    monkeypatch.setattr(execution, "_FORK", fork)
+    with Executor("processes", n_workers=2) as executor:
+        refs = {name: executor.shared_zeros((3, 4), np.float32) for name in ("img", "wht")}
+        # what a worker does: map each buffer once, accumulate into it, ship the result
+        out = {name: (ref, ref.get()) for name, ref in refs.items()}
+        out["img"][1][...] = 5.0
+        out["wht"][1][...] = 2.0
+        partial = PartialDrizzle(
+            img=out["img"][1], wht=out["wht"][1], var=None, context=np.ones((1, 3, 4), np.int32),
+            context_ids=(0,),
+        )  # fmt: skip
+        shipped = pickle.loads(pickle.dumps(_ship(partial, out)))
+        assert isinstance(shipped.img, _InBuffer) and isinstance(shipped.wht, _InBuffer)
+        assert isinstance(shipped.context, np.ndarray)  # not in a buffer: travels as it is
+        back = received(shipped)
+        np.testing.assert_array_equal(back.img, np.full((3, 4), 5.0, np.float32))
+        np.testing.assert_array_equal(back.wht, np.full((3, 4), 2.0, np.float32))

@@ -227,3 +227,18 @@ def test_median_step_warns_about_minmed_with_many_inputs_and_refuses_bad_setting
         CreateMedianStep(combine_type="median", nlow=2, nhigh=2).run(singles)
     with pytest.raises(Exception, match="combine_type"):
         CreateMedianStep(combine_type="mode")
+
+
+def test_final_runs_change_only_rounding_and_never_the_context(small_simulation):
+    library = library_with_true_sky(small_simulation)
+    products = {runs: DrizFinalStep(runs=runs).run(library) for runs in (1, 2, 8)}
+    one = products[1]
+    for runs in (2, 8):
+        other = products[runs]
+        np.testing.assert_array_equal(other.con, one.con)
+        np.testing.assert_array_equal(np.isnan(other.data), np.isnan(one.data))
+        # weights are exact sums; means and errors are merged in float64, stored in float32
+        np.testing.assert_allclose(other.wht, one.wht, rtol=1e-6)
+        covered = one.wht > 0
+        np.testing.assert_allclose(other.data[covered], one.data[covered], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(other.err[covered], one.err[covered], rtol=1e-5, atol=1e-7)

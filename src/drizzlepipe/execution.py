@@ -77,9 +77,12 @@ def _keep_freed_memory():
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # (an int each: no silent truncation)
     m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)  # the largest value glibc accepts
-    libc.mallopt(m_trim_threshold, 1 << 40)
+    accepted = libc.mallopt(m_mmap_threshold, 1 << 30)  # large arrays from the heap ...
+    accepted &= libc.mallopt(m_trim_threshold, 2**31 - 1)  # ... which is not trimmed on free
+    if not accepted:
+        log.debug("glibc refused the malloc settings of a worker process")
 
 
 def _inherited(token):
@@ -277,6 +280,9 @@ class Executor:
         if not items:
             return []
         bar = self._progress_bar(label, len(items))
+        if bar is not None and self.scheduler == "processes" and not self.shares_memory:
+            # fork the workers now, before the progress bar starts its thread
+            self._process_pool().submit(int).result()
         if self.shares_memory and self.scheduler != "threads" and bar is None:
             return [func(item) for item in items]
         import dask

@@ -11,9 +11,9 @@ the number of chips, ``E`` of exposures and ``W`` the number of workers.
 * Working set of a task on one chip: its pixel map (``16 P``, float64 x, y) and the prepared
   copies (sky-subtracted data, variance, weight, masks: about ``14 P``), ``30 P`` per worker.
 * Outputs, whichever step is largest: BlotCR holds the median, its hole-filled copy, its hole
-  map and its weight (``16 O``); DrizFinal holds one partial accumulation per worker, each
-  ``8 O`` (SCI, WHT) + ``4 O`` with the error image + ``4 O`` per 32 chips of context, and
-  merges them in place.
+  map and its weight (``16 O``); DrizFinal holds ``runs`` partial accumulations (default 2),
+  each ``8 O`` (SCI, WHT) + ``4 O`` with the error image + ``4 O`` per 32 chips of context,
+  and merges them in place.
 * Bookkeeping per chip (models' metadata, WCS objects, names): about 1 MiB, measured.
 """
 
@@ -65,6 +65,7 @@ def estimate_memory(
     compute_err: bool = True,
     context: bool = True,
     bufsize_mib: float = 1.0,
+    final_runs: int = 2,
 ) -> MemoryEstimate:
     """Peak memory of a pipeline run by the model above.
 
@@ -84,6 +85,8 @@ def estimate_memory(
         DrizFinal's error image and context image switches.
     bufsize_mib : float
         CreateMedian's ``bufsize`` (MiB read per single at a time).
+    final_runs : int
+        DrizFinal's ``runs`` (partial accumulations).
 
     Returns
     -------
@@ -99,6 +102,6 @@ def estimate_memory(
         singles=8 * o * n_exposures if in_memory else 0,
         median_sections=0 if in_memory else int(2 * bufsize_mib * _MIB * n_exposures),
         tasks=30 * p * min(w, n_chips),
-        outputs=max(16 * o, partial * min(w, n_chips)),
+        outputs=max(16 * o, partial * min(max(int(final_runs), 1), n_chips)),
         bookkeeping=PER_CHIP_OVERHEAD * n_chips,
     )

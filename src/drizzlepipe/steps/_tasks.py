@@ -123,16 +123,18 @@ def drizzle_chips(job):
         that live in the job's ``out`` buffers come back as handles on them
         (:func:`received`), the others as arrays.
     """
-    accumulator = new_accumulator(job)
+    # each buffer mapped once: a file's memory map is a new array at every get()
+    out = {name: (ref, ref.get()) for name, ref in (job.out or {}).items()}
+    accumulator = new_accumulator(job, {name: array for name, (_, array) in out.items()})
     result = DrizzleResult()
     for chip in job.chips:
         add_chip(accumulator, job, chip, result)
     if not result.added:
         return result
     if job.finalize:
-        result.product = _ship(accumulator.finalize(), job.out)
+        result.product = _ship(accumulator.finalize(), out)
     else:
-        result.partial = _ship(accumulator.partial(), job.out)
+        result.partial = _ship(accumulator.partial(), out)
     return result
 
 
@@ -150,10 +152,14 @@ class _InBuffer:
 
 def _ship(result, out):
     """``result`` (a dataclass of arrays) with every array that lies at the start of one of the
-    ``out`` buffers replaced by an :class:`_InBuffer` handle, so it is not pickled."""
+    ``out`` buffers (``{name: (ArrayRef, mapped array)}``) replaced by an :class:`_InBuffer`
+    handle, so it is not pickled."""
     if not out:
         return result
-    buffers = [(ref, ref.get()) for ref in out.values()]
+    buffers = list(out.values())
+    for _, buffer in buffers:
+        if isinstance(buffer, np.memmap):
+            buffer.flush()  # a file read by another process (a cluster's client)
     changes = {}
     for name, value in vars(result).items():
         if not isinstance(value, np.ndarray) or not value.flags.c_contiguous:
@@ -192,9 +198,11 @@ def output_buffers(executor, grid_shape, *, err=False, context=False, n_inputs=1
     return out
 
 
-def new_accumulator(job):
-    """An empty :class:`DrizzleAccumulator` for the grid and switches of ``job`` (on the job's
-    ``out`` buffers when it has them)."""
+def new_accumulator(job, out_arrays=None):
+    """An empty :class:`DrizzleAccumulator` for the grid and switches of ``job``, on
+    ``out_arrays`` (default: the job's ``out`` buffers) when there are any."""
+    if out_arrays is None:
+        out_arrays = {name: ref.get() for name, ref in (job.out or {}).items()}
     return DrizzleAccumulator(
         job.grid_shape,
         kernel=job.kernel,
@@ -202,7 +210,7 @@ def new_accumulator(job):
         enable_context=job.enable_context,
         enable_err=job.enable_err,
         n_inputs=job.n_inputs,
-        out_arrays={name: ref.get() for name, ref in (job.out or {}).items()},
+        out_arrays=out_arrays,
         first_context_id=job.first_context_id,
     )
 

@@ -79,9 +79,12 @@ class BlotCRStep(DrizStep):
                 else None,
             )
             exposures = list(library.group_indices.values())
-            # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library
-            # in batches of one exposure per worker, so few chips are in memory at a time.
-            batch = max(1, executor.n_workers) if library.on_disk else len(exposures)
+            # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library,
+            # or blots kept for saving, in batches of one exposure per worker, so that few
+            # chips (or blots) are in memory at a time.
+            keep_blots = self.save_blot or self.corr
+            few = library.on_disk or keep_blots
+            batch = max(1, executor.n_workers) if few else len(exposures)
             for start in range(0, len(exposures), batch):
                 group = exposures[start : start + batch]
                 indices = [index for members in group for index in members]

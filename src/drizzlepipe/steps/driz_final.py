@@ -48,6 +48,7 @@ class DrizFinalStep(DrizStep):
     crbit = integer(default=None)  # DQ value of CRs (None: 4096 for HST, OUTLIER+DO_NOT_USE JWST)
     context = boolean(default=True)  # Write the context image (one bit per input chip)
     compute_err = boolean(default=True)  # Propagate errors into an ERR image
+    runs = integer(default=2, min=1)  # Partial accumulations, in parallel with processes
     """
         + GRID_SPEC
     )
@@ -60,12 +61,13 @@ class DrizFinalStep(DrizStep):
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
             self.weight_type,
         )  # fmt: skip
-        # The chips in contiguous runs of library order, one partial accumulation per worker,
-        # merged exactly in that order. The runs depend on n_workers only, never on the
-        # scheduler, so every scheduler gives the same bits; drizzle's kernel holds the GIL,
-        # so only worker processes (or a cluster) run the runs at the same time.
+        # The chips in `runs` contiguous runs of library order, one partial accumulation each,
+        # merged in that order. The product's last bits depend on `runs` only, never on the
+        # scheduler or the machine; drizzle's kernel holds the GIL, so only worker processes
+        # (or a cluster) drizzle the runs at the same time. Each run holds a set of output
+        # arrays: runs=1 for the least memory.
         with self.execution() as executor, library:
-            runs = np.array_split(np.arange(len(library)), min(executor.n_workers, len(library)))
+            runs = np.array_split(np.arange(len(library)), min(self.runs, len(library)))
             options = {"good_bits": self.good_bits, "with_variance": self.compute_err,
                        "weight_type": self.weight_type, "crbit": self.crbit or "auto"}  # fmt: skip
             with ChipSources(library, executor) as sources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -88,9 +89,14 @@ def image_array(hdu, path, extension, dtype, expected_shape=None):
     return np.array(data, dtype=dtype, copy=True)
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
 def celestial_wcs(header, path, extension, hdulist=None):
     """Build an astropy WCS (SIP and lookup-table distortion included) or raise a clear error."""
-    with warnings.catch_warnings():
+    # catch_warnings changes process-wide state: one thread at a time (chips are read by
+    # several threads, see ModelLibrary.preload)
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         try:
             wcs = WCS(header, fobj=hdulist, relax=True)
