@@ -66,25 +66,6 @@ def default_workers():
 _INHERITED: dict[str, Any] = {}
 
 
-def _keep_freed_memory():
-    """In a forked worker (which lives for one map): let glibc reuse freed memory for large
-    arrays instead of returning it to the system and faulting fresh pages in for the next chip
-    (every pixel map, copy and mask of a 4096 x 2051 chip is a large allocation). Measured
-    on the project's machine, where fresh pages cost up to 3 ms per MB. No-op without glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # (an int each: no silent truncation)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    accepted = libc.mallopt(m_mmap_threshold, 1 << 30)  # large arrays from the heap ...
-    accepted &= libc.mallopt(m_trim_threshold, 2**31 - 1)  # ... which is not trimmed on free
-    if not accepted:
-        log.debug("glibc refused the malloc settings of a worker process")
-
-
 def _inherited(token):
     try:
         return _INHERITED[token]
@@ -324,11 +305,7 @@ class Executor:
             # ``if __name__ == "__main__"`` guard and notebooks keep working).
             method = "fork" if _FORK else "spawn"
             context = multiprocessing.get_context(method)
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.n_workers,
-                mp_context=context,
-                initializer=_keep_freed_memory if self.inherits else None,
-            )
+            self._pool = ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
             log.debug("Started %d worker processes (%s)", self.n_workers, method)
         return self._pool
 
