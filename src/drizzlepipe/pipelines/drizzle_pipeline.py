@@ -115,6 +115,7 @@ class DrizzlePipeline(DrizPipeline):
         else:
             singles = run(timings, "driz_separate", library, library=library, on_skip=None)
             median = run(timings, "create_median", singles, library=library, on_skip=None)
+            del singles  # in memory: E x 8 O bytes no later step needs
             if median is not None and not np.isfinite(median.data).any():
                 log.warning("The median rejected every pixel: cosmic-ray detection skipped")
                 median = None
@@ -125,6 +126,7 @@ class DrizzlePipeline(DrizPipeline):
             library = run(
                 timings, "blot_cr", library, *median_args, library=library, on_skip=library
             )
+            del median, median_args  # not needed by the final drizzle
         final = run(timings, "driz_final", library, library=library, on_skip=None)
         if final is None:
             log.warning("driz_final was skipped: no final product")
