@@ -56,10 +56,15 @@ class StaticMaskStep(DrizStep):
                         library.shelve(model, index, modify=False)
 
             result = build_static_masks(chips(), static_sig=self.sigma)
+            # one read-only array per chip position, shared by its chips (in memory, E - 1
+            # fewer copies of P bytes per position)
+            as_bytes = {key: mask.astype(np.uint8) for key, mask in result.masks.items()}
+            for array in as_bytes.values():
+                array.flags.writeable = False
             for index in range(len(library)):
                 model = library.borrow(index)
                 mask = result.masks[chip_position(model)]
-                model.static_mask = mask.astype(np.uint8)
+                model.static_mask = as_bytes[chip_position(model)]
                 self.record_step_status(model)
                 threshold = result.thresholds[index]
                 log.info(
