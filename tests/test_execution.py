@@ -151,3 +151,36 @@ def test_results_in_shared_buffers_come_back_as_handles_not_arrays(monkeypatch, 
         back = received(shipped)
         np.testing.assert_array_equal(back.img, np.full((3, 4), 5.0, np.float32))
         np.testing.assert_array_equal(back.wht, np.full((3, 4), 2.0, np.float32))
+
+
+def test_an_input_error_in_a_worker_process_reaches_the_caller_as_itself(small_simulation):
+    from conftest import library_with_true_sky
+    from drizzlepipe.exceptions import DrizzlepipeInputError
+    from drizzlepipe.steps import DrizFinalStep
+
+    library = library_with_true_sky(small_simulation)
+    with library:
+        model = library.borrow(3)
+        model.meta.has_err = False  # as a file without ERR arrays
+        library.shelve(model, 3)
+    step = DrizFinalStep(weight_type="err", scheduler="processes", n_workers=2)
+    with pytest.raises(DrizzlepipeInputError, match=r"\[SCI,2\]: weight_type='err'") as caught:
+        step.run(library)
+    assert caught.value.file.endswith("_flt.fits[SCI,2]")
+    assert "no ERR array" in caught.value.problem
+
+
+def test_input_errors_survive_pickling_with_their_parts():
+    from drizzlepipe.algorithms.resample import NoOverlapError
+    from drizzlepipe.exceptions import DrizzlepipeInputError
+
+    for error in (
+        DrizzlepipeInputError("a_flt.fits", "no exposure time", "SCI,2"),
+        DrizzlepipeInputError(None, "no inputs given"),
+        NoOverlapError("a_flt.fits[SCI,1]", "no pixel of the chip falls on the output grid"),
+    ):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error)
+        assert (again.file, again.problem, again.extension) == (
+            error.file, error.problem, error.extension,
+        )  # fmt: skip

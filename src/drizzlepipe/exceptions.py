@@ -36,3 +36,8 @@ class DrizzlepipeInputError(DrizzlepipeError, ValueError):
         if extension is not None:
             where = f"{where}[{extension}]"
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):
+        # Rebuilt from its own arguments (not the message), so that an error raised in a
+        # worker process reaches the caller as the same error.
+        return type(self), (self.file, self.problem, self.extension)
