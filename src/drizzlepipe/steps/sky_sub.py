@@ -80,7 +80,8 @@ class SkySubStep(DrizStep):
                     chip = self._sky_chip(info, user_masks, pixels, index)
                 else:
                     model = library.borrow(index)
-                    info, chip = ChipInfo.of(model), self._sky_chip(model, user_masks)
+                    info = ChipInfo.of(model)
+                    chip = self._sky_chip(info, user_masks, model=model)
                     library.shelve(model, index, modify=False)
                 chips.append(chip)
                 labels.append(chip.name)
@@ -99,14 +100,13 @@ class SkySubStep(DrizStep):
             self._save(library)
         return library
 
-    def _sky_chip(self, chip, user_masks, pixels=None, index=None):
-        """The :class:`SkyChip` of a model (its arrays), or of a library's
-        :class:`~drizzlepipe.datamodels.library.ChipInfo` with ``pixels`` read on demand."""
-        if pixels is None:
-            info = ChipInfo.of(chip)
-            data, mask = self._sky_arrays(chip, user_masks)
+    def _sky_chip(self, info, user_masks, pixels=None, index=None, model=None):
+        """The :class:`SkyChip` of a chip described by ``info`` (a library's
+        :class:`~drizzlepipe.datamodels.library.ChipInfo`): the arrays of ``model``, or
+        ``pixels`` read on demand."""
+        if model is not None:
+            data, mask = self._sky_arrays(model, user_masks)
         else:
-            info = chip
             data, mask = pixels.arrays(index, info.shape)
         return SkyChip(
             data=data,
