@@ -9,6 +9,7 @@ import pytest
 from astropy.wcs import WCS
 
 from drizzlepipe.algorithms.pixmap import (
+    PixmapRows,
     compute_pixmap,
     pixmap_extent,
     pixmap_input_pixel_size,
@@ -171,3 +172,20 @@ def test_extent_and_input_pixel_size():
     assert (x_min, x_max) == pytest.approx((-5.5, 24.0), abs=1e-6)
     assert (y_min, y_max) == pytest.approx((-5.5, 14.0), abs=1e-6)
     assert pixmap_extent(np.full((3, 3, 2), np.nan)) is None
+
+
+@pytest.mark.parametrize("stepsize", [1, 10])
+def test_bands_of_rows_agree_with_the_whole_map(stepsize):
+    # PixmapRows evaluates a chip in bands (BlotCR works a band at a time); every band, also
+    # ones that cut knot intervals of the spline and a reused buffer, equals the whole map.
+    chip = hrc_wcs()
+    grid = tan_wcs(crval=(chip.wcs.crval[0], chip.wcs.crval[1]), crpix=(700.0, 700.0))
+    whole = compute_pixmap(chip, HRC_SHAPE, grid, stepsize=stepsize)
+    rows = PixmapRows(chip, HRC_SHAPE, grid, stepsize=stepsize)
+    buffer = np.empty((97, HRC_SHAPE[1], 2))
+    for first in range(0, HRC_SHAPE[0], 97):
+        last = min(HRC_SHAPE[0], first + 97)
+        band = rows.rows(first, last, out=buffer)
+        np.testing.assert_allclose(band, whole[first:last], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="within the chip"):
+        rows.rows(0, HRC_SHAPE[0] + 1)
