@@ -65,8 +65,10 @@ class DrizSeparateStep(DrizStep):
         save = self.save_results or (library.on_disk and spill is None)
         singles = []
         with self.execution() as executor, library:
-            # exposures in batches of one per worker: at most that many in memory at a time
-            batch = max(1, executor.n_workers)
+            # On disk, exposures in batches of one per worker: at most that many singles in
+            # memory at a time. In memory all singles are kept anyway (their arrays are the
+            # workers' output buffers), so one map over all: one pool, no wait between batches.
+            batch = max(1, executor.n_workers) if library.on_disk else len(groups)
             for start in range(0, len(groups), batch):
                 jobs, metadata = [], []
                 with ChipSources(library, executor) as sources:
