@@ -34,7 +34,7 @@ def _tan(crpix, rotation=0.0, scale=0.05):
     return wcs
 
 
-def _job(noise, grow, ctegrow, median_offset=(0.0, 0.0)):
+def _job(noise, grow, ctegrow, median_offset=(0.0, 0.0), interp="poly5"):
     rng = np.random.default_rng(7)
     shape = (150, 120)
     median_shape = (170, 160)
@@ -72,7 +72,7 @@ def _job(noise, grow, ctegrow, median_offset=(0.0, 0.0)):
         scale=(1.2, 0.7),
         grow=grow,
         ctegrow=ctegrow,
-        interp="poly5",
+        interp=interp,
         sinscl=1.0,
         stepsize=10,
         keep_blot=True,
@@ -82,18 +82,19 @@ def _job(noise, grow, ctegrow, median_offset=(0.0, 0.0)):
 
 
 @pytest.mark.parametrize(
-    ("noise", "grow", "ctegrow", "band_rows", "offset"),
+    ("noise", "grow", "ctegrow", "band_rows", "offset", "interp"),
     [
-        ("detector", 1, 0, 7, (0.0, 0.0)),
-        ("detector", 3, 2, 16, (0.0, 0.0)),
-        ("err", 2, 3, 11, (0.0, 0.0)),
-        ("detector", 1, 0, 9, (0.0, 120.0)),  # the chip's lower half is off the median
+        ("detector", 1, 0, 7, (0.0, 0.0), "poly5"),
+        ("detector", 3, 2, 16, (0.0, 0.0), "poly5"),
+        ("err", 2, 3, 11, (0.0, 0.0), "poly5"),
+        ("detector", 1, 0, 9, (0.0, 120.0), "poly5"),  # the chip's lower half is off the median
+        ("detector", 1, 0, 13, (0.0, 0.0), "lan3"),  # normalised by a blot of ones
     ],
 )
 def test_bands_give_the_masks_of_the_whole_chip(
-    monkeypatch, noise, grow, ctegrow, band_rows, offset
+    monkeypatch, noise, grow, ctegrow, band_rows, offset, interp
 ):
-    job = _job(noise, grow, ctegrow, offset)
+    job = _job(noise, grow, ctegrow, offset, interp)
     monkeypatch.setattr(_tasks, "BAND_ROWS", 10**6)
     whole = blot_and_detect(job)
     monkeypatch.setattr(_tasks, "BAND_ROWS", band_rows)

@@ -84,6 +84,7 @@ def blot(
     sinscl: float = 1.0,
     iscale: float = 1.0,
     fill_value: float = 0.0,
+    ones=None,
 ) -> np.ndarray:
     """Interpolate a product at the positions of a chip's pixel centres.
 
@@ -102,6 +103,9 @@ def blot(
         Factor applied to the interpolated values (:func:`blot_intensity_scale`). Default 1.
     fill_value : float, optional
         Value of chip pixels that map outside the image. Default 0 (AstroDrizzle).
+    ones : numpy.ndarray, optional
+        float32 ones of the image's shape, used by the Lanczos normalisation; pass one array to
+        calls that blot the same image band by band instead of allocating it every time.
 
     Returns
     -------
@@ -133,9 +137,9 @@ def blot(
             image, pixmap, iscale=float(iscale), fillval=float(fill_value), interp=drizzle_interp
         )
     values = blot_image(image, pixmap, iscale=1.0, fillval=0.0, interp=drizzle_interp)
-    weight_sum = blot_image(
-        np.ones_like(image), pixmap, iscale=1.0, fillval=0.0, interp=drizzle_interp
-    )
+    if ones is None or ones.shape != image.shape or ones.dtype != np.float32:
+        ones = np.ones_like(image)
+    weight_sum = blot_image(ones, pixmap, iscale=1.0, fillval=0.0, interp=drizzle_interp)
     with np.errstate(divide="ignore", invalid="ignore"):
         normalised = values * np.float32(iscale) / weight_sum
     return np.where(weight_sum != 0, normalised, np.float32(fill_value)).astype(np.float32)

@@ -331,6 +331,8 @@ def blot_and_detect(job):
     positions = PixmapRows(job.wcs, job.shape, job.median_wcs, stepsize=job.stepsize)
     pixmap_buffer = np.empty((min(ny, band + 2 * halo), nx, 2), dtype=np.float64)
     median = job.median.get()
+    # the Lanczos interpolants normalise by a blot of ones: one array for all bands
+    ones = np.ones_like(median) if job.interp.startswith("lan") else None
     sampled = [(ref.get(), fill) for ref, fill in ((job.holes, 1.0), (job.median_weight, 0.0))
                if ref is not None]  # fmt: skip
     data = job.data.get()
@@ -343,7 +345,7 @@ def blot_and_detect(job):
         last = min(ny, first + band)
         low, high = max(0, first - halo), min(ny, last + halo)
         pixmap = positions.rows(low, high, out=pixmap_buffer)
-        blotted, n_exposures = _blot_band(job, median, sampled, pixmap)
+        blotted, n_exposures = _blot_band(job, median, sampled, pixmap, ones)
         inner = slice(first - low, last - low)
         if blotted_chip is not None:
             blotted_chip[first:last] = blotted[inner]
@@ -366,7 +368,7 @@ def blot_and_detect(job):
     )
 
 
-def _blot_band(job, median, sampled, pixmap):
+def _blot_band(job, median, sampled, pixmap, ones):
     """The median blotted onto a band of chip rows (chip units, sky added, NaN where the
     nearest median pixel had no data), and the exposures behind every pixel (or None)."""
     blotted = blot(
@@ -376,6 +378,7 @@ def _blot_band(job, median, sampled, pixmap):
         sinscl=job.sinscl,
         iscale=job.blot_iscale,
         fill_value=np.nan,
+        ones=ones,
     )
     # Chip pixels whose nearest median pixel had no data are not checked; the exposures
     # behind each blotted pixel are the median's total weight over this chip's.
