@@ -308,17 +308,18 @@ class BlotCRResult:
 
 #: Chip rows blotted and checked at a time: a band's temporaries (pixel map, blot, noise,
 #: residual, derivative, masks: ~70 bytes a pixel) stay ~70 MB for a 4096-pixel-wide chip
-#: instead of ~600 MB for the whole chip, and the band's buffers are reused.
+#: instead of ~600 MB for the whole chip (the pixel map's buffer is reused from band to band).
 BAND_ROWS = 256
 
 
 def blot_and_detect(job):
     """Blot the median onto one chip and find its cosmic rays, a band of rows at a time.
 
-    Each band is processed with ``2 + grow + ctegrow`` extra rows on either side (the
-    derivative, the 3 x 3 neighbourhood of the second pass and the growths reach that far), so
-    the mask equals that of the whole chip at once; the band layout is fixed, so results do not
-    depend on the scheduler.
+    Each band is processed with ``2 + grow + ctegrow`` extra rows on either side, so the mask
+    equals that of the whole chip at once: the derivative and the 3 x 3 neighbourhood of the
+    first pass reach 2 rows, the grown box ``grow // 2`` and the CTE trail ``ctegrow`` more
+    (the margin is a little wider than that, for safety at ~1% of the work). The band layout
+    is fixed, so results do not depend on the scheduler.
 
     Returns
     -------

@@ -65,10 +65,12 @@ class DrizSeparateStep(DrizStep):
         save = self.save_results or (library.on_disk and spill is None)
         singles = []
         with self.execution() as executor, library:
-            # On disk, exposures in batches of one per worker: at most that many singles in
-            # memory at a time. In memory all singles are kept anyway (their arrays are the
-            # workers' output buffers), so one map over all: one pool, no wait between batches.
-            batch = max(1, executor.n_workers) if library.on_disk else len(groups)
+            # Singles saved to files (on disk, or save_results): exposures in batches of one
+            # per worker, at most that many singles in memory at a time. Otherwise all singles
+            # stay in memory anyway (their arrays are the workers' output buffers), so one map
+            # over all: one pool, no wait between batches.
+            kept = not (library.on_disk or save)
+            batch = len(groups) if kept else max(1, executor.n_workers)
             for start in range(0, len(groups), batch):
                 jobs, metadata = [], []
                 with ChipSources(library, executor) as sources:
