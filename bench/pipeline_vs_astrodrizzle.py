@@ -38,9 +38,12 @@ Equivalent parameters (:data:`PARAMETER_MAP`; every value is passed explicitly t
   ``preserve=False`` (no backup copies of the inputs) and ``clean=False`` (its intermediates stay
   for inspection). drizzlepipe runs with its defaults (``in_memory=True``, error propagation on)
   except ``scheduler='processes'`` (``--scheduler``; drizzle's C kernels hold the GIL, so the
-  default ``threads`` cannot run them side by side) and ``steps.blot_cr.save_results=True`` so
-  that its cosmic-ray flags are written (``_crf`` files); that write is part of its ``blot_cr``
-  time, as AstroDrizzle's ``_blt``/``_crmask`` writes are part of its blot and driz_cr times.
+  default ``threads`` cannot run them side by side) and ``steps.blot_cr.save_crmask=True`` so
+  that its cosmic-ray flags are written (``_crmask`` files, one byte a pixel, as AstroDrizzle's
+  ``_crmask`` files); that write is part of its ``blot_cr`` time, as AstroDrizzle's ``_blt``
+  and ``_crmask`` writes are part of its blot and driz_cr times. ``--ours-crf`` writes the
+  ``_crf`` copies instead (``save_results``: every chip's SCI, ERR and DQ, 168 MB an
+  exposure, what a user keeps to have CR-flagged exposures).
 * Peak memory of a process tree is the sum of the processes' proportional set sizes (shared
   pages counted once, see ``_harness._tree_rss_bytes``), of a lone process its RSS.
 
@@ -49,7 +52,8 @@ those whose true deposit exceeds 5 sigma (the input ``ERR``) on pixels with ``DQ
 input; recall is the fraction of them flagged (DQ 4096). The *clean* pixels have no deposit, no
 deposit among their 8 neighbours, ``DQ == 0`` in the input and lie farther than 10 px from any
 saturated (DQ 256) pixel; the false-flag rate is the fraction of them flagged. AstroDrizzle's
-flags are the DQ 4096 bits it writes into its input copies, ours those of the ``_crf`` files.
+flags are the DQ 4096 bits it writes into its input copies, ours those of the ``_crmask``
+(or ``_crf``) files.
 
 Usage::
 
@@ -171,15 +175,17 @@ def astrodrizzle_parameters(grid_file, sky_method, num_cores, in_memory):
     return {**pars, **ASTRODRIZZLE_RUN_SETTINGS, "num_cores": num_cores, "in_memory": in_memory}
 
 
-def drizzlepipe_step_parameters(sky_method):
-    """``steps`` argument of ``DrizzlePipeline.call`` for the equivalent run."""
+def drizzlepipe_step_parameters(sky_method, crf=False):
+    """``steps`` argument of ``DrizzlePipeline.call`` for the equivalent run; the cosmic-ray
+    flags go to ``_crmask`` files, or with ``crf`` to ``_crf`` copies of the exposures."""
     steps = {}
     for _, _, ours, value in PARAMETER_MAP:
         if ours is None:
             continue
         step, name = ours.split(".")
         steps.setdefault(step, {})[name] = _fill(value, {"{sky}": sky_method})
-    steps["blot_cr"]["save_results"] = True  # the _crf files carry our cosmic-ray flags
+    # the files that carry our cosmic-ray flags (and the sky, MDRIZSKY)
+    steps["blot_cr"]["save_results" if crf else "save_crmask"] = True
     return steps
 
 
@@ -476,16 +482,37 @@ def score_cosmic_rays(simulation, flagged_dq):
     return score
 
 
+def ours_flag_file(ours_dir, root, extver):
+    """Path and extension of the file that holds our flags and sky for a chip: the
+    ``_crmask`` file (``CRMASK``, 1 = cosmic ray) or, when there is none, the ``_crf`` copy
+    (``SCI`` with MDRIZSKY, ``DQ`` with the CR bit)."""
+    crmask = ours_dir / f"{root}_crmask.fits"
+    if crmask.exists():
+        return crmask, ("CRMASK", extver)
+    return ours_dir / f"{root}_crf.fits", ("SCI", extver)
+
+
+def ours_flagged_dq(ours_dir, root, extver):
+    """A DQ array with :data:`CR_BIT` where our run flagged a cosmic ray."""
+    path, (extname, _) = ours_flag_file(ours_dir, root, extver)
+    with fits.open(path) as hdul:
+        if extname == "CRMASK":
+            return (hdul[extname, extver].data != 0).astype(np.uint32) * np.uint32(CR_BIT)
+        return hdul["DQ", extver].data
+
+
 def sky_agreement(simulation, ours_dir, astrodrizzle_dir):
     """MDRIZSKY of every chip from both runs against the simulated sky (electrons per pixel).
 
-    Ours is read from the ``_crf`` copies, AstroDrizzle's from its input copies. Returns the
-    largest |ours - AD| and the largest error of each against the truth, electrons.
+    Ours is read from the ``_crmask`` files (or ``_crf`` copies), AstroDrizzle's from its input
+    copies. Returns the largest |ours - AD| and the largest error of each against the truth,
+    electrons.
     """
     ours, theirs, truth = [], [], []
     for root in simulation.rootnames:
         for extver in (1, 2):
-            ours.append(fits.getval(ours_dir / f"{root}_crf.fits", "MDRIZSKY", ext=("SCI", extver)))
+            path, extension = ours_flag_file(ours_dir, root, extver)
+            ours.append(fits.getval(path, "MDRIZSKY", ext=extension))
             theirs.append(
                 fits.getval(astrodrizzle_dir / f"{root}_flt.fits", "MDRIZSKY", ext=("SCI", extver))
             )
@@ -671,6 +698,11 @@ def main(argv=None):
     parser.add_argument(
         "--ours-first", action="store_true", help="run drizzlepipe before AstroDrizzle"
     )
+    parser.add_argument(
+        "--ours-crf",
+        action="store_true",
+        help="drizzlepipe writes _crf copies of the exposures (default: _crmask files)",
+    )
     parser.add_argument("--ours-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ours_worker:
@@ -714,6 +746,7 @@ def main(argv=None):
             in_memory=not args.ours_on_disk,
             profile=args.profile,
             scheduler=args.scheduler,
+            steps=drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
         )
         print(f"  drizzlepipe call {run.total_s:.1f} s, peak RSS {run.peak_rss_mib:.0f} MiB")
         if args.profile:
@@ -730,8 +763,7 @@ def main(argv=None):
     ours_dir = Path(ours.output_dir)
 
     def ours_dq(root, extver):
-        with fits.open(ours_dir / f"{root}_crf.fits") as crf:
-            return crf["DQ", extver].data
+        return ours_flagged_dq(ours_dir, root, extver)
 
     def peer_dq(root, extver):
         with fits.open(peer.workdir / f"{root}_flt.fits") as copy:
@@ -759,7 +791,7 @@ def main(argv=None):
         "drizzlepipe_scheduler": args.scheduler,
         "order": "drizzlepipe first" if args.ours_first else "AstroDrizzle first",
         "astrodrizzle_parameters": pars,
-        "drizzlepipe_steps": drizzlepipe_step_parameters(args.sky_method),
+        "drizzlepipe_steps": drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
         "drizzlepipe": asdict(ours),
         "astrodrizzle": {
             "total_s": peer.total_s,

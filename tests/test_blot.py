@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy import ndimage
 
-from drizzlepipe.algorithms.blot import blot, blot_intensity_scale, blot_pixmap, sample_nearest
+from drizzlepipe.algorithms.blot import (
+    STENCIL_REACH,
+    blot,
+    blot_intensity_scale,
+    blot_pixmap,
+    fill_holes,
+    sample_nearest,
+)
 from drizzlepipe.algorithms.grid import default_output_grid
 from drizzlepipe.algorithms.pixmap import compute_pixmap
 from drizzlepipe.algorithms.resample import DrizzleAccumulator, pixel_area_ratio
@@ -291,3 +299,62 @@ def test_sample_nearest_of_several_images_at_nan_and_outside_positions(rng):
         else:
             assert got_weight[row, col] == 0.0 and got_holes[row, col] == 1.0
     assert np.count_nonzero(got_holes == 1.0) > 50  # outside positions were exercised
+
+
+def _holey_product(rng, shape=(600, 700)):
+    """A product with holes as a median has them: an uncovered corner wedge, a chip gap, a
+    large empty area and scattered single pixels, across several of fill_holes' tiles."""
+    ny, nx = shape
+    y, x = np.mgrid[0:ny, 0:nx]
+    image = (100 + 20 * np.sin(x / 17.0) * np.cos(y / 23.0)).astype(np.float32)
+    holes = (x + 2 * y < 300) | (np.abs(x - 0.3 * y - 400) < 3) | ((y > 420) & (x > 520))
+    holes |= rng.random(shape) < 0.01
+    image[holes] = np.nan
+    return image, holes
+
+
+def test_fill_holes_takes_the_nearest_data_pixel_within_reach(rng):
+    ny, nx = 600, 700
+    image, holes = _holey_product(rng, (ny, nx))
+    # values that name their pixel, so the source of every filled value can be found
+    named = np.where(holes, np.nan, np.arange(ny * nx, dtype=np.float32).reshape(ny, nx))
+    filled, hole_map = fill_holes(named)
+    np.testing.assert_array_equal(hole_map, holes.astype(np.float32))
+    assert np.isfinite(filled).all()
+    np.testing.assert_array_equal(filled[~holes], named[~holes])
+    distance = ndimage.distance_transform_edt(holes)
+    near = holes & (distance <= STENCIL_REACH)
+    far = holes & (distance > STENCIL_REACH)
+    assert near.sum() > 5000 and far.sum() > 5000  # both kinds of hole are exercised
+    source = filled[near].astype(np.int64)
+    rows, cols = np.nonzero(near)
+    source_rows, source_cols = np.divmod(source, nx)
+    assert not holes[source_rows, source_cols].any()
+    # the source is a nearest data pixel (ties may resolve either way)
+    np.testing.assert_allclose(
+        np.hypot(source_rows - rows, source_cols - cols), distance[near], rtol=0, atol=1e-9
+    )
+    np.testing.assert_array_equal(filled[far], 0.0)
+
+
+@pytest.mark.parametrize("interp", ["linear", "poly3", "poly5", "lan3", "lan5"])
+def test_filled_holes_blot_as_a_whole_image_nearest_fill(interp, rng):
+    """Where a chip pixel's nearest product pixel has data (the pixels that are checked for
+    cosmic rays), the blot of fill_holes' product equals that of a product whose every hole
+    has its nearest data value (a whole-image distance transform)."""
+    image, holes = _holey_product(rng)
+    filled, _ = fill_holes(image)
+    nearest = ndimage.distance_transform_edt(holes, return_distances=False, return_indices=True)
+    reference = image[tuple(nearest)]
+    y, x = np.mgrid[0:500, 0:600].astype(np.float64)
+    angle = np.deg2rad(17.0)
+    pixmap = np.dstack([
+        20 + x * np.cos(angle) - y * np.sin(angle) * 0.97 + 150,
+        10 + x * np.sin(angle) * 1.02 + y * np.cos(angle),
+    ])  # fmt: skip
+    checked = sample_nearest(holes.astype(np.float32), pixmap, 1.0) < 0.5
+    ours = blot(filled, pixmap, interp=interp)
+    expected = blot(reference, pixmap, interp=interp)
+    assert checked.sum() > 100_000 and (~checked).sum() > 10_000
+    # lan5's stencil reaches holes up to 7.8 px from data: those near the coverage edge
+    np.testing.assert_array_equal(ours[checked], expected[checked])

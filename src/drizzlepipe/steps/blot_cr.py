@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from astropy.io import fits
 
 from ..algorithms.blot import blot_intensity_scale, fill_holes
 from ..algorithms.crdetect import parse_pair, summarize_cr_mask
@@ -231,17 +232,32 @@ class BlotCRStep(DrizStep):
     def _save_exposure(self, models, results):
         root = exposure_root(models[0].meta.filename)
         chips = [int(m.meta.chip or 1) for m in models]
+        # each chip's sky (its units, included in the blot) as in the _crf copies
+        headers = [
+            fits.Header(
+                [
+                    (
+                        "MDRIZSKY",
+                        float(m.meta.background.level or 0.0),
+                        "Sky value computed by drizzlepipe",
+                    )
+                ]
+            )
+            for m in models
+        ]
         if self.save_blot:
             write_chip_arrays(
                 [(chip, result.blotted) for chip, result in zip(chips, results)],
                 self.product_path(root, "blot"),
                 extname="BLOT",
+                headers=headers,
             )
         if self.save_crmask:
             write_chip_arrays(
                 [(chip, result.mask()) for chip, result in zip(chips, results)],
                 self.product_path(root, "crmask"),
                 extname="CRMASK",
+                headers=headers,
                 dtype=np.uint8,
             )
         if self.corr:
