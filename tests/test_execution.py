@@ -184,3 +184,45 @@ def test_input_errors_survive_pickling_with_their_parts():
         assert (again.file, again.problem, again.extension) == (
             error.file, error.problem, error.extension,
         )  # fmt: skip
+
+
+def _freeze_count(_):
+    return gc.get_freeze_count()
+
+
+class _Node:
+    pass
+
+
+def test_frozen_objects_spares_existing_objects_and_collects_new_cycles():
+    import weakref
+
+    assert gc.get_freeze_count() == 0
+    with execution.frozen_objects():
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000  # the imported packages' objects
+        node = _Node()
+        node.cycle = node  # garbage only the collector can free
+        alive = weakref.ref(node)
+        del node
+        gc.collect()
+        assert alive() is None
+        made_inside = _Node()
+        with execution.frozen_objects():  # nested: nothing more is frozen, nothing thawed
+            pass
+        assert any(item is made_inside for item in gc.get_objects())  # still collectable
+        assert gc.get_freeze_count() > 1000
+    assert gc.get_freeze_count() == 0
+
+
+def test_forked_workers_are_frozen_and_this_process_is_not(monkeypatch):
+    monkeypatch.setattr(execution, "_FORK", True)
+    assert gc.get_freeze_count() == 0
+    with Executor("processes", 2) as executor:
+        counts = executor.map(_freeze_count, range(4))
+        assert gc.get_freeze_count() == 0
+    # workers' collectors do not touch (and so copy) the pages of inherited objects
+    assert all(count > 1000 for count in counts)
+    with execution.frozen_objects(), Executor("processes", 2) as executor:
+        executor.map(_freeze_count, range(2))
+        assert gc.get_freeze_count() > 1000  # a frozen process stays frozen
