@@ -21,6 +21,7 @@ BENCHMARKS = (
     "resample_kernels.py",
     "pipeline_vs_astrodrizzle.py",
     "kernel_floor.py",  # after the pipeline bench: reads its data, grid and AstroDrizzle's times
+    "fresh_memory.py",  # this VM's cost of new memory pages, against both pipelines' peaks
     "schedulers.py",
     "scaling.py",  # about an hour: 8, 32 and 128 exposures of 2048 x 2048, AstroDrizzle too
 )
