@@ -227,8 +227,10 @@ def fill_holes(image, reach=STENCIL_REACH):
     nearest product pixel has data (:data:`STENCIL_REACH`); they take the value of their nearest
     finite pixel (Euclidean distance; among equally near pixels any one), farther holes 0. The
     work is done in tiles of 256 x 256 pixels padded by ``reach`` and only where there are
-    holes: 0.19 s instead of 1.2-1.7 s for a whole-image distance transform on a 4111 x 4214
-    median with 2.3% holes, with the same values within ``reach``.
+    holes. A median's holes gather at the edges of the coverage and in chip gaps, so few tiles
+    hold any: 0.19 s instead of 1.2-1.7 s for a whole-image distance transform on a 4111 x 4214
+    median with 2.3% holes, with the same values within ``reach`` (holes scattered over every
+    tile would gain nothing: 1.1 s against 1.0 s).
 
     Parameters
     ----------
