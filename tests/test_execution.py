@@ -226,3 +226,39 @@ def test_forked_workers_are_frozen_and_this_process_is_not(monkeypatch):
     with execution.frozen_objects(), Executor("processes", 2) as executor:
         executor.map(_freeze_count, range(2))
         assert gc.get_freeze_count() > 1000  # a frozen process stays frozen
+
+
+def _address(array):
+    return array.__array_interface__["data"][0]
+
+
+def _write_sevens(ref):
+    ref.get()[...] = 7.0
+    return True
+
+
+def test_shared_buffers_are_reused_zeroed_only_after_every_view_is_gone():
+    with Executor("processes", n_workers=2) as executor:
+        ref = executor.shared_zeros((40, 50), np.float64)
+        assert executor.map(_write_sevens, [ref]) == [True]  # a forked worker writes into it
+        first = ref.get()
+        assert np.all(first == 7.0)
+        address = _address(first)
+        view = first[10:20, 5:]
+        del ref, first
+        gc.collect()
+        # a view still lives: the buffer must not be handed out again
+        second = executor.shared_zeros((40, 50), np.float64).get()
+        assert _address(second) != address and not np.shares_memory(second, view)
+        assert np.all(view == 7.0)
+        del view
+        gc.collect()
+        # the same size is now served from the freed buffer, zeroed
+        third = executor.shared_zeros((2000,), np.float64).get()
+        assert _address(third) == address and np.all(third == 0.0)
+        # another size never gets it
+        other = executor.shared_zeros((10,), np.float64).get()
+        assert _address(other) != address
+        third[...] = 1.5
+    # an array in use outlives the executor and its pool
+    assert float(third.sum()) == 3000.0 and np.all(second == 0.0)
