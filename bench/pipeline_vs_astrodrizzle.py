@@ -91,6 +91,7 @@ from _harness import (
     print_side_by_side,
     run_astrodrizzle,
 )
+from drizzlepipe.numpy_tuning import is_zen4, tuned_environment
 
 CR_BIT = 4096
 SATURATED_BIT = 256
@@ -706,6 +707,12 @@ def main(argv=None):
         action="store_true",
         help="drizzlepipe writes _crf copies of the exposures (default: _crmask files)",
     )
+    parser.add_argument(
+        "--numpy-avx512",
+        action="store_true",
+        help="keep NumPy's AVX-512 sort on AMD Zen 4 (default: both pipelines get the faster "
+        "AVX2 sort, see drizzlepipe.numpy_tuning)",
+    )
     parser.add_argument("--ours-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ours_worker:
@@ -722,6 +729,14 @@ def main(argv=None):
         f"drizzlepipe commit {version['commit']}"
         f"{' with uncommitted changes in src/' if version['src_modified'] else ''}; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    if not args.numpy_avx512:
+        # both children inherit this process's environment
+        os.environ.update(tuned_environment())
+    print(
+        "NumPy CPU features of both pipelines: NPY_DISABLE_CPU_FEATURES="
+        f"{os.environ.get('NPY_DISABLE_CPU_FEATURES') or '(unset)'}"
+        f"{' (AMD Zen 4)' if is_zen4() else ''}"
     )
     simulation = simulated_data(workdir / "data", args.exposures, args.shape, args.seed, args.reuse)
     grid_file = workdir / "grid.fits"

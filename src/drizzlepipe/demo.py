@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .numpy_tuning import tuned_environment
 from .simulator import simulate
 
 __all__ = ["main", "quicklook"]
@@ -118,7 +119,12 @@ def main(argv=None):
     command = [str(strun), args.cfg or "drizzle_pipeline", str(asn)]
     command += [f"--output_dir={products}", "--steps.blot_cr.save_results=true"]
     print("Running:", " ".join(command))
-    run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+    environment = tuned_environment()
+    setting = environment.get("NPY_DISABLE_CPU_FEATURES")
+    if setting != os.environ.get("NPY_DISABLE_CPU_FEATURES"):
+        print(f'AMD Zen 4 CPU: strun runs with NPY_DISABLE_CPU_FEATURES="{setting}" '
+              "(NumPy's faster AVX2 sort, see drizzlepipe.numpy_tuning)")  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, env=environment)
     (outdir / "pipeline.log").write_text(run.stderr)
     if run.returncode != 0:
         print(run.stderr[-4000:], file=sys.stderr)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..datamodels import ModelLibrary
 from ..execution import Executor, frozen_objects
+from ..numpy_tuning import advise_once
 from ..steps import (
     BlotCRStep,
     CreateMedianStep,
@@ -94,6 +95,7 @@ class DrizzlePipeline(DrizPipeline):
 
     def _run(self, input_data):
         started = time.perf_counter()
+        advise_once(log)
         library = (
             input_data
             if isinstance(input_data, ModelLibrary)
