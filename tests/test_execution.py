@@ -262,3 +262,48 @@ def test_shared_buffers_are_reused_zeroed_only_after_every_view_is_gone():
         third[...] = 1.5
     # an array in use outlives the executor and its pool
     assert float(third.sum()) == 3000.0 and np.all(second == 0.0)
+
+
+def _mapped_address(buffer):
+    return _address(np.frombuffer(buffer, dtype=np.uint8))
+
+
+def test_reserved_buffers_are_faulted_in_the_background_and_served_zeroed_first():
+    with Executor("processes", n_workers=2) as executor:
+        executor.reserve_zeros((30, 40), np.float32, 3)
+        pool = executor._buffers
+        reserved = {_mapped_address(buffer) for buffer in pool._free[30 * 40 * 4]}
+        assert len(reserved) == 3
+        refs = [executor.shared_zeros((30, 40), np.float32) for _ in range(4)]
+        arrays = [ref.get() for ref in refs]
+        # the three reserved buffers first (whatever the thread's progress), then a new one
+        assert [_address(array) in reserved for array in arrays].count(True) == 3
+        assert all(np.all(array == 0.0) for array in arrays)
+        assert executor.map(_write_sevens, refs[:2]) == [True, True]
+        assert np.all(arrays[0] == 7.0) and np.all(arrays[1] == 7.0)  # not zeroed behind us
+        executor.reserve_zeros((5, 5), np.float64, 2)  # never taken: unmapped at close
+    assert not pool._free and not pool._threads
+    for scheduler in ("serial", "threads"):
+        with Executor(scheduler, n_workers=2) as executor:
+            executor.reserve_zeros((30, 40), np.float32, 3)  # nothing to reserve: plain arrays
+            assert not executor._buffers._free
+
+
+def test_the_pipeline_reserves_the_singles_buffers_before_the_sky_step(
+    small_simulation, tmp_path, monkeypatch
+):
+    calls = []
+    original = Executor.reserve_zeros
+
+    def recording(self, shape, dtype, count):
+        calls.append((tuple(shape), np.dtype(dtype), count))
+        return original(self, shape, dtype, count)
+
+    monkeypatch.setattr(Executor, "reserve_zeros", recording)
+    files = [str(p) for p in small_simulation.flt_files]
+    final = DrizzlePipeline.call(
+        files, output_dir=str(tmp_path), scheduler="processes", n_workers=2,
+        steps={"create_median": {"skip": True}, "blot_cr": {"skip": True}},
+    )  # fmt: skip
+    # one SCI and one WHT buffer per exposure, on the grid the singles use (the final's here)
+    assert calls == [(final.data.shape, np.dtype(np.float32), 2 * len(files))]

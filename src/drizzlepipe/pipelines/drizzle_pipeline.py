@@ -112,6 +112,9 @@ class DrizzlePipeline(DrizPipeline):
 
         run = self._timed
         library = run(timings, "static_mask", library, library=library, on_skip=library)
+        if n_exposures >= 2 and not self.driz_separate.skip:
+            # the singles' memory is faulted in on the core the sky step leaves idle
+            self.driz_separate.reserve_outputs(library)
         library = run(timings, "sky_sub", library, library=library, on_skip=library)
         if n_exposures < 2:
             for name in ("driz_separate", "create_median", "blot_cr"):

@@ -143,12 +143,20 @@ class DrizStep(Step):
         ext = self.output_ext if self.output_ext.startswith(".") else f".{self.output_ext}"
         return str(Path(output_dir) / f"{root}_{suffix}{ext}")
 
+    def pipeline_executor(self):
+        """The pipeline's :class:`~drizzlepipe.execution.Executor` when this step runs inside a
+        pipeline and uses it (no scheduler of its own), else None."""
+        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
+        if shared is not None and self.scheduler is None and self.n_workers is None:
+            return shared
+        return None
+
     @contextmanager
     def execution(self):
         """The :class:`~drizzlepipe.execution.Executor` for this step's independent tasks: the
         pipeline's when the step runs inside one, else a new one closed afterwards."""
-        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
-        if shared is not None and self.scheduler is None and self.n_workers is None:
+        shared = self.pipeline_executor()
+        if shared is not None:
             yield shared
             return
         with Executor(self.scheduler or "threads", self.n_workers) as executor:
