@@ -570,3 +570,29 @@ def test_group_pixels_groups_like_pixel_labels(rng):
         np.testing.assert_array_equal(found, expected)
         first += size
     assert first == data.size
+
+
+@pytest.mark.parametrize("method", ["localmin", "globalmin", "match", "globalmin+match"])
+def test_a_thread_pool_measures_the_same_skies_as_one_thread(rng, method):
+    from concurrent.futures import ThreadPoolExecutor
+
+    scene = Scene(rng)
+    chips = []
+    for k, (rate, exptime, origin) in enumerate(
+        [(100.0, 2.0, (40, 40)), (220.0, 1.0, (140, 90)), (140.0, 1.5, (90, 170)), (60, 1, (0, 90))]
+    ):
+        chips += scene.exposure(rng, f"e{k}", origin, rate, exptime, noise=2.0)
+    used = []
+
+    def recording_map(function, items):
+        items = list(items)
+        used.append(len(items))
+        return pool.map(function, items)
+
+    alone = compute_sky(chips, method)
+    with ThreadPoolExecutor(3) as pool:
+        threaded = compute_sky(chips, method, map_=recording_map)
+    # chips (localmin, globalmin) or exposures (match methods) went through the pool
+    assert used == [len(chips) if method in ("localmin", "globalmin") else 4]
+    assert threaded.sky == alone.sky  # bit for bit: same work, other threads
+    np.testing.assert_array_equal(threaded.overlap_npix, alone.overlap_npix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -51,6 +53,11 @@ def test_low_pixels_of_one_exposure_are_masked_in_all_exposures_of_that_position
     assert not result.masks["chip1"][shallow].any()
     assert not result.masks["chip2"].any()  # nothing else anywhere
     assert len(result.thresholds) == 6 and all(t is not None for t in result.thresholds)
+    with ThreadPoolExecutor(2) as pool:
+        threaded = build_static_masks(iter(inputs), map_=pool.map)
+    assert threaded.thresholds == result.thresholds  # same order, same values
+    for position in positions:
+        np.testing.assert_array_equal(threaded.masks[position], result.masks[position])
 
 
 def test_threshold_is_mode_minus_static_sig_sigma(rng):

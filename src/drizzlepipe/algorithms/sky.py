@@ -94,6 +94,7 @@ Masks are boolean with True = bad.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -387,14 +388,16 @@ def _validate_chips(chips: Sequence[SkyChip]) -> list[SkyChip]:
     return chips
 
 
-def _chip_brightness_statistics(chips, statistic: SkyStatistic) -> np.ndarray:
-    """``c_k * stat_k`` per chip (NaN for chips without valid pixels)."""
-    values = np.full(len(chips), np.nan)
-    for index, chip in enumerate(chips):
-        value, npix = statistic.measure(chip.data, chip.mask)
-        if npix > 0:
-            values[index] = chip.brightness_factor * value
-    return values
+def _chip_brightness(chip: SkyChip, statistic: SkyStatistic) -> float:
+    value, npix = statistic.measure(chip.data, chip.mask)
+    return chip.brightness_factor * value if npix > 0 else math.nan
+
+
+def _chip_brightness_statistics(chips, statistic: SkyStatistic, map_=map) -> np.ndarray:
+    """``c_k * stat_k`` per chip (NaN for chips without valid pixels), chips measured by
+    ``map_`` (e.g. a thread pool's: the sorts behind the statistics release the GIL)."""
+    measure = functools.partial(_chip_brightness, statistic=statistic)
+    return np.array(list(map_(measure, chips)), dtype=float).reshape(len(chips))
 
 
 def _exposure_minimum(chip_values: np.ndarray, owner: np.ndarray, nexposures: int) -> np.ndarray:
@@ -432,7 +435,9 @@ def _result(method, chips, ids, owner, exposure_brightness, chip_brightness, **e
 # localmin / globalmin / user
 
 
-def localmin_sky(chips: Sequence[SkyChip], statistic: SkyStatistic | None = None) -> SkyResult:
+def localmin_sky(
+    chips: Sequence[SkyChip], statistic: SkyStatistic | None = None, *, map_=map
+) -> SkyResult:
     """Sky of each exposure = minimum brightness statistic over its chips.
 
     Parameters
@@ -441,6 +446,9 @@ def localmin_sky(chips: Sequence[SkyChip], statistic: SkyStatistic | None = None
         All chips of all exposures.
     statistic : SkyStatistic, optional
         How to measure a chip (default: clipped median, AstroDrizzle defaults).
+    map_ : callable, optional
+        ``map``-like function that measures the chips (default: the built-in, one after the
+        other; a thread pool's ``map`` measures several at once).
 
     Returns
     -------
@@ -450,12 +458,14 @@ def localmin_sky(chips: Sequence[SkyChip], statistic: SkyStatistic | None = None
     chips = _validate_chips(chips)
     statistic = statistic or SkyStatistic()
     ids, owner = _exposure_index(chips)
-    chip_brightness = _chip_brightness_statistics(chips, statistic)
+    chip_brightness = _chip_brightness_statistics(chips, statistic, map_)
     exposure_brightness = _exposure_minimum(chip_brightness, owner, len(ids))
     return _result("localmin", chips, ids, owner, exposure_brightness, chip_brightness)
 
 
-def globalmin_sky(chips: Sequence[SkyChip], statistic: SkyStatistic | None = None) -> SkyResult:
+def globalmin_sky(
+    chips: Sequence[SkyChip], statistic: SkyStatistic | None = None, *, map_=map
+) -> SkyResult:
     """One sky brightness for all exposures: the minimum of the ``localmin`` values.
 
     Parameters
@@ -464,6 +474,8 @@ def globalmin_sky(chips: Sequence[SkyChip], statistic: SkyStatistic | None = Non
         All chips of all exposures.
     statistic : SkyStatistic, optional
         How to measure a chip.
+    map_ : callable, optional
+        As :func:`localmin_sky`.
 
     Returns
     -------
@@ -474,7 +486,7 @@ def globalmin_sky(chips: Sequence[SkyChip], statistic: SkyStatistic | None = Non
     chips = _validate_chips(chips)
     statistic = statistic or SkyStatistic()
     ids, owner = _exposure_index(chips)
-    chip_brightness = _chip_brightness_statistics(chips, statistic)
+    chip_brightness = _chip_brightness_statistics(chips, statistic, map_)
     exposure_minimum = _exposure_minimum(chip_brightness, owner, len(ids))
     measured = exposure_minimum[np.isfinite(exposure_minimum)]
     overall = measured.min() if measured.size else math.nan
@@ -958,50 +970,64 @@ def _invalid_pixels(chip: SkyChip, statistic: SkyStatistic) -> np.ndarray:
     return invalid
 
 
-def _measure_overlaps(chips, coverage: SkyCoverage, statistic: SkyStatistic):
-    """Statistic of each exposure inside its overlap with every other one (brightness units).
+def _measure_exposure(exposure: int, chips, coverage: SkyCoverage, statistic: SkyStatistic):
+    """Statistic of each chip of ``exposure`` and of the exposure inside its overlap with every
+    other one (brightness units): ``({chip index: value}, {other exposure: (value, npix)})``.
 
-    One exposure at a time: its chips are labelled and sorted once, then every overlap is a union
-    of regions. Memory is bounded by one exposure's chips.
+    The exposure's chips are labelled and sorted once, then every overlap is a union of
+    regions; memory holds this exposure's chips' samples only.
     """
+    chip_values, overlaps, samples = {}, {}, []
+    for index in np.nonzero(coverage.owner == exposure)[0]:
+        chip = chips[index]
+        invalid = _invalid_pixels(chip, statistic)
+        if invalid.all():
+            continue
+        (values, excluded), labels, sizes = coverage.group_pixels(
+            index, [np.asarray(chip.data), invalid]
+        )
+        del invalid
+        # statistics in brightness units: values times the factor, rounded to float32
+        sample = LabelledSample.from_groups(
+            values, labels, sizes, excluded, scale=chip.brightness_factor
+        )
+        del values, excluded
+        value, count = statistic.measure_union([(sample, sample.region_labels)])
+        if count:
+            chip_values[int(index)] = value
+        samples.append(sample)
+    if not samples:
+        return chip_values, overlaps
+    present = np.unique(np.concatenate([s.region_labels for s in samples]))
+    partners = coverage.region_covers[present].any(axis=0)
+    partners[exposure] = False
+    for other in np.nonzero(partners)[0]:
+        parts = [
+            (s, s.region_labels[coverage.region_covers[s.region_labels, other]]) for s in samples
+        ]
+        value, count = statistic.measure_union(parts)
+        if count:
+            overlaps[int(other)] = (value, count)
+    return chip_values, overlaps
+
+
+def _measure_overlaps(chips, coverage: SkyCoverage, statistic: SkyStatistic, map_=map):
+    """:func:`_measure_exposure` of every exposure, run by ``map_``, gathered into the (E, E)
+    ``levels`` and ``npix`` of the overlaps and the chips' own brightness. Memory holds the
+    samples of as many exposures as ``map_`` measures at once."""
     nexp = len(coverage.exposure_ids)
     levels = np.full((nexp, nexp), np.nan)
     npix = np.zeros((nexp, nexp))
     chip_brightness = np.full(len(chips), np.nan)
-    for exposure in range(nexp):
-        samples = []
-        for index in np.nonzero(coverage.owner == exposure)[0]:
-            chip = chips[index]
-            invalid = _invalid_pixels(chip, statistic)
-            if invalid.all():
-                continue
-            (values, excluded), labels, sizes = coverage.group_pixels(
-                index, [np.asarray(chip.data), invalid]
-            )
-            del invalid
-            # statistics in brightness units: values times the factor, rounded to float32
-            sample = LabelledSample.from_groups(
-                values, labels, sizes, excluded, scale=chip.brightness_factor
-            )
-            del values, excluded
-            value, count = statistic.measure_union([(sample, sample.region_labels)])
-            if count:
-                chip_brightness[index] = value
-            samples.append(sample)
-        if not samples:
-            continue
-        present = np.unique(np.concatenate([s.region_labels for s in samples]))
-        partners = coverage.region_covers[present].any(axis=0)
-        partners[exposure] = False
-        for other in np.nonzero(partners)[0]:
-            parts = [
-                (s, s.region_labels[coverage.region_covers[s.region_labels, other]])
-                for s in samples
-            ]
-            value, count = statistic.measure_union(parts)
-            if count:
-                levels[exposure, other] = value
-                npix[exposure, other] = count
+    measure = functools.partial(
+        _measure_exposure, chips=chips, coverage=coverage, statistic=statistic
+    )
+    for exposure, (chip_values, overlaps) in enumerate(map_(measure, range(nexp))):
+        for index, value in chip_values.items():
+            chip_brightness[index] = value
+        for other, (value, count) in overlaps.items():
+            levels[exposure, other] = value
+            npix[exposure, other] = count
     return levels, npix, chip_brightness
 
 
@@ -1044,12 +1070,14 @@ def _solve_offsets(levels: np.ndarray, npix: np.ndarray, group: list[int]) -> np
     return offsets - offsets.min()
 
 
-def _match(chips, statistic, grid_step, max_grid_cells, add_global_minimum: bool) -> SkyResult:
+def _match(
+    chips, statistic, grid_step, max_grid_cells, add_global_minimum: bool, map_=map
+) -> SkyResult:
     chips = _validate_chips(chips)
     statistic = statistic or SkyStatistic()
     coverage = sky_coverage(chips, grid_step=grid_step, max_grid_cells=max_grid_cells)
     ids, owner = coverage.exposure_ids, coverage.owner
-    levels, npix, chip_brightness = _measure_overlaps(chips, coverage, statistic)
+    levels, npix, chip_brightness = _measure_overlaps(chips, coverage, statistic, map_)
     own = _exposure_minimum(chip_brightness, owner, len(ids))
     with_data = np.nonzero(np.isfinite(own))[0]
     if with_data.size < 2:
@@ -1087,6 +1115,7 @@ def match_sky(
     *,
     grid_step: int = DEFAULT_GRID_STEP,
     max_grid_cells: int = DEFAULT_MAX_GRID_CELLS,
+    map_=map,
 ) -> SkyResult:
     """Relative sky offsets that make overlapping exposures agree (lowest = 0 per linked set).
 
@@ -1098,6 +1127,9 @@ def match_sky(
         How to measure sky inside overlaps.
     grid_step, max_grid_cells : int
         See :func:`sky_coverage`.
+    map_ : callable, optional
+        ``map``-like function that measures the exposures (default: the built-in, one after the
+        other; a thread pool's ``map`` measures several at once, holding their samples).
 
     Returns
     -------
@@ -1109,7 +1141,7 @@ def match_sky(
     SkyMatchError
         Fewer than two exposures with valid pixels, WCS failure, or no finite solution.
     """
-    return _match(chips, statistic, grid_step, max_grid_cells, add_global_minimum=False)
+    return _match(chips, statistic, grid_step, max_grid_cells, add_global_minimum=False, map_=map_)
 
 
 def globalmin_match_sky(
@@ -1118,6 +1150,7 @@ def globalmin_match_sky(
     *,
     grid_step: int = DEFAULT_GRID_STEP,
     max_grid_cells: int = DEFAULT_MAX_GRID_CELLS,
+    map_=map,
 ) -> SkyResult:
     """Matched offsets raised by each linked set's minimum of ``B_k - offset``.
 
@@ -1127,8 +1160,8 @@ def globalmin_match_sky(
         All chips of all exposures.
     statistic : SkyStatistic, optional
         How to measure sky.
-    grid_step, max_grid_cells : int
-        See :func:`sky_coverage`.
+    grid_step, max_grid_cells, map_
+        See :func:`match_sky`.
 
     Returns
     -------
@@ -1139,7 +1172,7 @@ def globalmin_match_sky(
     SkyMatchError
         As :func:`match_sky`.
     """
-    return _match(chips, statistic, grid_step, max_grid_cells, add_global_minimum=True)
+    return _match(chips, statistic, grid_step, max_grid_cells, add_global_minimum=True, map_=map_)
 
 
 def compute_sky(
@@ -1150,6 +1183,7 @@ def compute_sky(
     user_values: Sequence[float] | None = None,
     grid_step: int = DEFAULT_GRID_STEP,
     max_grid_cells: int = DEFAULT_MAX_GRID_CELLS,
+    map_=map,
 ) -> SkyResult:
     """Sky of every chip with one of :data:`SKY_METHODS`.
 
@@ -1165,6 +1199,9 @@ def compute_sky(
         Per-chip sky in data units, required by ``user``.
     grid_step, max_grid_cells : int
         Overlap grid parameters of the ``match`` methods, see :func:`sky_coverage`.
+    map_ : callable, optional
+        ``map``-like function that measures chips (``localmin``, ``globalmin``) or exposures
+        (``match`` methods); e.g. a thread pool's. Results do not depend on it.
 
     Returns
     -------
@@ -1183,10 +1220,10 @@ def compute_sky(
             raise ValueError("sky method 'user' needs user_values (one per chip)")
         return user_sky(chips, user_values)
     if method == "localmin":
-        return localmin_sky(chips, statistic)
+        return localmin_sky(chips, statistic, map_=map_)
     if method == "globalmin":
-        return globalmin_sky(chips, statistic)
-    grid = {"grid_step": grid_step, "max_grid_cells": max_grid_cells}
+        return globalmin_sky(chips, statistic, map_=map_)
+    grid = {"grid_step": grid_step, "max_grid_cells": max_grid_cells, "map_": map_}
     if method == "match":
         return match_sky(chips, statistic, **grid)
     return globalmin_match_sky(chips, statistic, **grid)

@@ -169,10 +169,12 @@ def build_static_masks(
     *,
     static_sig: float = DEFAULT_STATIC_SIG,
     binwidth: float = _BINWIDTH,
+    map_=map,
 ) -> StaticMasks:
     """One static mask per chip position, OR-ed over all exposures.
 
-    Chips are consumed one at a time, so at most one mask per position is held in memory.
+    With the built-in ``map``, chips are consumed one at a time, so at most one chip and one
+    mask per position are held in memory.
 
     Parameters
     ----------
@@ -184,17 +186,25 @@ def build_static_masks(
         Clip level in sigma below the mode.
     binwidth : float
         Histogram bin width in sigma for the mode.
+    map_ : callable, optional
+        ``map``-like function that measures the chips' thresholds, e.g. a thread pool's (the
+        sort behind the statistics releases the GIL); it may consume all ``chips`` at once.
 
     Returns
     -------
     StaticMasks
         Combined masks by key and the threshold of every input chip.
     """
-    masks: dict = {}
-    thresholds = []
-    for key, data, mask in chips:
+
+    def measure(chip):
+        key, data, mask = chip
         values = np.asarray(data, dtype=np.float32)
         threshold = low_pixel_threshold(values, mask, static_sig=static_sig, binwidth=binwidth)
+        return key, values, threshold
+
+    masks: dict = {}
+    thresholds = []
+    for key, values, threshold in map_(measure, chips):
         thresholds.append(threshold)
         if key in masks and masks[key].shape != values.shape:
             raise ValueError(

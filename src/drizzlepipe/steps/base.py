@@ -162,6 +162,16 @@ class DrizStep(Step):
         with Executor(self.scheduler or "threads", self.n_workers) as executor:
             yield executor
 
+    def thread_count(self):
+        """Threads for this step's work in this process (e.g. statistics whose sorts release
+        the GIL): 1 with the ``serial`` scheduler, else the step's or the pipeline's number of
+        workers (all cores by default)."""
+        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
+        scheduler = self.scheduler or (shared.scheduler if shared is not None else "threads")
+        if scheduler == "serial":
+            return 1
+        return self.n_workers or (shared.n_workers if shared is not None else default_workers())
+
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged),
         with an in-memory library's chips read already (several files at a time)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +91,11 @@ class SkySubStep(DrizStep):
             user_values = None
             if self.method == "user":
                 user_values = _user_values(self.skyfile, files)
-            result = self._compute(chips, statistic, user_values)
+            # in memory, several chips (exposures) are measured at once by threads: the sorts
+            # behind the statistics release the GIL. On disk, chips are read one at a time.
+            threads = 1 if library.on_disk else self.thread_count()
+            with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+                result = self._compute(chips, statistic, user_values, pool.map if pool else map)
             del chips
             for index in range(len(library)):
                 model = library.borrow(index)
@@ -135,13 +141,13 @@ class SkySubStep(DrizStep):
             mask |= user == 0
         return data_with_sky(model), mask
 
-    def _compute(self, chips, statistic, user_values):
+    def _compute(self, chips, statistic, user_values, map_):
         try:
-            return compute_sky(chips, self.method, statistic, user_values=user_values)
+            return compute_sky(chips, self.method, statistic, user_values=user_values, map_=map_)
         except SkyMatchError as error:
             fallback = _FALLBACK[self.method]
             log.warning("Sky %s failed (%s); falling back to %s", self.method, error, fallback)
-            return compute_sky(chips, fallback, statistic)
+            return compute_sky(chips, fallback, statistic, map_=map_)
 
     def _record(self, model, level, method):
         level = float(level)

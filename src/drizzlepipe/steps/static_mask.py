@@ -9,6 +9,8 @@ with ``save_results``.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 from astropy.io import fits
@@ -55,7 +57,13 @@ class StaticMaskStep(DrizStep):
                     finally:
                         library.shelve(model, index, modify=False)
 
-            result = build_static_masks(chips(), static_sig=self.sigma)
+            # in memory, threads measure several chips at once (the sorts release the GIL);
+            # on disk, one chip is read at a time
+            threads = 1 if library.on_disk else self.thread_count()
+            with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+                result = build_static_masks(
+                    chips(), static_sig=self.sigma, map_=pool.map if pool else map
+                )
             # one read-only array per chip position, shared by its chips (in memory, E - 1
             # fewer copies of P bytes per position)
             as_bytes = {key: mask.astype(np.uint8) for key, mask in result.masks.items()}
