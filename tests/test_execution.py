@@ -268,16 +268,36 @@ def _mapped_address(buffer):
     return _address(np.frombuffer(buffer, dtype=np.uint8))
 
 
-def test_reserved_buffers_are_faulted_in_the_background_and_served_zeroed_first():
+def test_reserved_buffers_are_faulted_in_the_background_and_served_zeroed_first(monkeypatch):
+    import threading
+
+    released = threading.Event()
+    write_zeros = execution._write_zeros
+
+    def slow_write_zeros(buffers):
+        released.wait(10)
+        write_zeros(buffers)
+
+    monkeypatch.setattr(execution, "_write_zeros", slow_write_zeros)
     with Executor("processes", n_workers=2) as executor:
         executor.reserve_zeros((30, 40), np.float32, 3)
         pool = executor._buffers
         reserved = {_mapped_address(buffer) for buffer in pool._free[30 * 40 * 4]}
         assert len(reserved) == 3
-        refs = [executor.shared_zeros((30, 40), np.float32) for _ in range(4)]
+        # a reserved buffer is not handed out while its zeros are still being written
+        taken = []
+        taker = threading.Thread(
+            target=lambda: taken.append(executor.shared_zeros((30, 40), np.float32))
+        )
+        taker.start()
+        taker.join(0.3)
+        assert taker.is_alive() and not taken
+        released.set()
+        taker.join(10)
+        refs = taken + [executor.shared_zeros((30, 40), np.float32) for _ in range(3)]
         arrays = [ref.get() for ref in refs]
-        # the three reserved buffers first (whatever the thread's progress), then a new one
-        assert [_address(array) in reserved for array in arrays].count(True) == 3
+        # the three reserved buffers first, then a new one
+        assert [_address(array) in reserved for array in arrays] == [True, True, True, False]
         assert all(np.all(array == 0.0) for array in arrays)
         assert executor.map(_write_sevens, refs[:2]) == [True, True]
         assert np.all(arrays[0] == 7.0) and np.all(arrays[1] == 7.0)  # not zeroed behind us
@@ -289,17 +309,30 @@ def test_reserved_buffers_are_faulted_in_the_background_and_served_zeroed_first(
             assert not executor._buffers._free
 
 
+def test_the_pool_keeps_at_most_four_free_buffers_per_worker_and_size():
+    with Executor("processes", n_workers=2) as executor:
+        arrays = [executor.shared_zeros((16, 16), np.float32).get() for _ in range(11)]
+        del arrays
+        gc.collect()
+        assert len(executor._buffers._free[16 * 16 * 4]) == 8  # the other three are unmapped
+
+
 def test_the_pipeline_reserves_the_singles_buffers_before_the_sky_step(
     small_simulation, tmp_path, monkeypatch
 ):
-    calls = []
-    original = Executor.reserve_zeros
+    calls, served = [], []
+    original_reserve, original_take = Executor.reserve_zeros, execution._BufferPool.take
 
     def recording(self, shape, dtype, count):
         calls.append((tuple(shape), np.dtype(dtype), count))
-        return original(self, shape, dtype, count)
+        return original_reserve(self, shape, dtype, count)
+
+    def take(pool, size):
+        served.append(bool(pool._free.get(size)) and id(pool._free[size][-1]) in pool._faulting)
+        return original_take(pool, size)
 
     monkeypatch.setattr(Executor, "reserve_zeros", recording)
+    monkeypatch.setattr(execution._BufferPool, "take", take)
     files = [str(p) for p in small_simulation.flt_files]
     final = DrizzlePipeline.call(
         files, output_dir=str(tmp_path), scheduler="processes", n_workers=2,
@@ -307,3 +340,6 @@ def test_the_pipeline_reserves_the_singles_buffers_before_the_sky_step(
     )  # fmt: skip
     # one SCI and one WHT buffer per exposure, on the grid the singles use (the final's here)
     assert calls == [(final.data.shape, np.dtype(np.float32), 2 * len(files))]
+    # the singles got exactly the reserved buffers; the final's came back from the singles
+    assert served[: 2 * len(files)] == [True] * (2 * len(files))
+    assert not any(served[2 * len(files) :])

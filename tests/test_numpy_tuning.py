@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from drizzlepipe import numpy_tuning
-from drizzlepipe.numpy_tuning import AVX2_SORT_SETTING, is_zen4, tuned_environment
+from drizzlepipe.numpy_tuning import avx2_sort_setting, is_zen4, tuned_environment
 
 
 def _cpuinfo(vendor, family, flags):
@@ -36,7 +36,8 @@ def test_only_amd_family_25_with_avx512_counts_as_zen4(cpuinfo, expected):
 
 def test_tuned_environment_sets_the_avx2_setting_only_on_zen4_and_never_over_the_user():
     base = {"PATH": "/usr/bin"}
-    assert tuned_environment(base, ZEN4) == {**base, "NPY_DISABLE_CPU_FEATURES": AVX2_SORT_SETTING}
+    setting = avx2_sort_setting()
+    assert tuned_environment(base, ZEN4) == {**base, "NPY_DISABLE_CPU_FEATURES": setting}
     assert tuned_environment(base, SAPPHIRE_RAPIDS) == base
     mine = {**base, "NPY_DISABLE_CPU_FEATURES": "AVX512_SPR"}
     assert tuned_environment(mine, ZEN4) == mine
@@ -68,6 +69,8 @@ def test_a_child_started_with_the_setting_leaves_the_avx512_sort_and_sorts_the_s
     tuned = _child_report(tuned_environment(os.environ, ZEN4))
     plain = _child_report({k: v for k, v in os.environ.items() if not k.startswith("NPY_")})
     assert tuned["avx512"] is False
+    if is_zen4():  # NumPy uses AVX-512 there by default: the setting is what switched it off
+        assert plain["avx512"] is True
     assert tuned["sorted"] and plain["sorted"]
     assert tuned["median"] == plain["median"]  # exact either way: only the speed changes
 
@@ -82,8 +85,16 @@ def test_advice_is_logged_once_and_only_on_a_slow_sort(monkeypatch, caplog):
         numpy_tuning.advise_once(logger)
         numpy_tuning.advise_once(logger)
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 1 and AVX2_SORT_SETTING in messages[0]
+    assert len(messages) == 1 and avx2_sort_setting() in messages[0]
     numpy_tuning.slow_sort_advice.cache_clear()
     monkeypatch.setattr(numpy_tuning, "numpy_sorts_with_avx512", lambda: False)
     assert numpy_tuning.slow_sort_advice() is None
     numpy_tuning.slow_sort_advice.cache_clear()
+
+
+def test_the_setting_names_only_avx512_dispatch_targets_of_the_installed_numpy():
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    names = avx2_sort_setting().split()
+    assert names and all(name == "X86_V4" or name.startswith("AVX512") for name in names)
+    assert set(names) <= set(__cpu_dispatch__)  # NumPy ignores names it does not dispatch to

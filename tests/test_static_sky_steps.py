@@ -148,3 +148,45 @@ def test_fully_masked_chip_gets_zero_sky_with_a_warning(tmp_path, caplog):
     assert "no valid pixel" in caplog.text
     # localmin: the exposure's sky comes from the chip that has valid pixels (~100)
     assert levels["jmask01aq"][0] == pytest.approx(100.0, abs=1.0)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "on_disk", "threads"),
+    [("threads", False, 2), ("serial", False, None), ("threads", True, None)],
+)
+def test_statistics_threads_only_in_memory_and_never_for_the_serial_scheduler(
+    tmp_path, monkeypatch, scheduler, on_disk, threads
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from drizzlepipe.steps import sky_sub, static_mask
+
+    pools = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            pools.append(max_workers)
+            super().__init__(max_workers)
+
+    for module in (sky_sub, static_mask):
+        monkeypatch.setattr(module, "ThreadPoolExecutor", RecordingPool)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"jsu00{i}aq_flt.fits")
+        make_hst_flt(paths[-1], chips=2, rootname=f"jsu00{i}aq", seed=30 + i, shape=(60, 70))
+    skies = {}
+    for run in ("recorded", "reference"):
+        library = ModelLibrary(
+            [str(p) for p in paths], on_disk=on_disk, temp_directory=tmp_path / f"scratch_{run}"
+        )
+        options = {"scheduler": scheduler, "n_workers": 2}
+        if run == "reference":
+            options = {"scheduler": "serial"}
+        library = StaticMaskStep(**options).run(library)
+        library = SkySubStep(method="globalmin+match", **options).run(library)
+        skies[run] = _levels(library)
+        if run == "recorded":
+            # the static mask's pool, then the sky's; none where chips are read one by one
+            assert pools == ([threads, threads] if threads else [])
+            pools.clear()
+    assert skies["recorded"] == skies["reference"]  # the same skies either way

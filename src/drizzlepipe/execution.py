@@ -150,60 +150,77 @@ class _BufferPool:
     every array on them is gone, and buffers reserved ahead of need (:meth:`reserve`).
 
     New memory is expensive where a host backs a VM's memory lazily: ``bench/fresh_memory.py``
-    measures 2.6 s per GiB written for the first time on this machine against 0.08 s for pages
-    just freed, which go cold again within seconds. A pipeline's buffers come in few sizes (one
-    per output grid): the singles' buffers, free once the median is made, become the final
-    drizzle's outputs, and an on-disk run's later batches reuse the first one's, instead of new
-    memory each time. Free buffers stay mapped (and resident) until the executor closes.
+    measures 2.3-2.6 s per GiB written for the first time on this machine against 0.08-0.17 s
+    for pages just freed, which go cold again within seconds. A pipeline's buffers come in few
+    sizes (one per output grid): the singles' buffers, free once the median is made, become the
+    final drizzle's outputs, and an on-disk run's later batches reuse the first one's, instead
+    of new memory each time.
+
+    At most ``keep`` free buffers of each size stay mapped (resident) until the executor
+    closes; a buffer given back beyond that is unmapped at once, so a run of many in-memory
+    exposures does not carry all its singles' memory into the later steps. Buffers may be
+    given back from any thread (by the garbage collector): the lists are guarded by a lock.
+    :meth:`reserve` is not limited by ``keep``.
     """
 
-    def __init__(self):
+    def __init__(self, keep):
+        self.keep = int(keep)
         self._free = {}  # size in bytes -> list of mmap
         self._faulting = {}  # id(mmap) -> thread writing its first zeros (reserved, never used)
         self._threads = []
+        # reentrant: a garbage collection inside a locked section may call give_back
+        self._lock = threading.RLock()
         self._open = True
 
     def take(self, size):
-        free = self._free.get(size)
-        if free:
-            buffer = free.pop()
-            thread = self._faulting.pop(id(buffer), None)
-            if thread is not None:
-                thread.join()  # its zeros are written: the buffer is ready and zero
-            else:
-                np.frombuffer(buffer, dtype=np.uint8).fill(0)
-            return buffer
-        return mmap.mmap(-1, size)
+        with self._lock:
+            free = self._free.get(size) if self._open else None
+            buffer = free.pop() if free else None
+            thread = self._faulting.pop(id(buffer), None) if buffer is not None else None
+        if buffer is None:
+            return mmap.mmap(-1, size)
+        if thread is not None:
+            thread.join()  # its zeros are written: the buffer is ready and zero
+        else:
+            np.frombuffer(buffer, dtype=np.uint8).fill(0)
+        return buffer
 
     def reserve(self, size, count):
         """Map ``count`` buffers of ``size`` bytes and write them once in a background thread,
         so that the first touch of their pages (the expensive part of new memory on a VM) runs
         beside this thread's work instead of inside the step that needs them."""
-        buffers = [mmap.mmap(-1, size) for _ in range(count)]
-        thread = threading.Thread(
-            target=_write_zeros, args=(buffers,), name="drizzlepipe-prefault", daemon=True
-        )
-        self._threads.append(thread)
-        for buffer in buffers:
-            self._faulting[id(buffer)] = thread
-        self._free.setdefault(size, []).extend(buffers)
-        thread.start()
+        with self._lock:
+            if not self._open:
+                return
+            buffers = [mmap.mmap(-1, size) for _ in range(count)]
+            thread = threading.Thread(
+                target=_write_zeros, args=(buffers,), name="drizzlepipe-prefault", daemon=True
+            )
+            self._threads.append(thread)
+            for buffer in buffers:
+                self._faulting[id(buffer)] = thread
+            self._free.setdefault(size, []).extend(buffers)
+            thread.start()
 
     def give_back(self, size, buffer):
-        if self._open:
-            self._free.setdefault(size, []).append(buffer)
+        with self._lock:
+            free = self._free.setdefault(size, [])
+            if self._open and len(free) < self.keep:
+                free.append(buffer)
         # else the mapping goes with this last reference
 
     def close(self):
-        self._open = False
-        for thread in self._threads:
+        with self._lock:
+            self._open = False
+            threads, self._threads = self._threads, []
+            free, self._free = self._free, {}
+            self._faulting.clear()
+        for thread in threads:
             thread.join()  # never unmap memory a thread still writes
-        self._threads.clear()
-        self._faulting.clear()
-        for buffers in self._free.values():
+        for buffers in free.values():
             for buffer in buffers:
-                buffer.close()
-        self._free.clear()
+                with contextlib.suppress(BufferError):  # still exported: unmapped with it
+                    buffer.close()
 
 
 def _write_zeros(buffers):
@@ -282,7 +299,9 @@ class Executor:
         self.progress = progress
         self._pool = None
         self._client = None
-        self._buffers = _BufferPool()
+        # enough free buffers per size for the final drizzle's accumulations (image, weight,
+        # variance, context of each of n_workers runs) or one batch of singles (two per worker)
+        self._buffers = _BufferPool(keep=4 * self.n_workers)
 
     @property
     def shares_memory(self):

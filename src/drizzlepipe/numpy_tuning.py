@@ -33,13 +33,16 @@ from pathlib import Path
 __all__ = [
     "AVX2_SORT_SETTING",
     "advise_once",
+    "avx2_sort_setting",
     "is_zen4",
     "numpy_sorts_with_avx512",
     "slow_sort_advice",
     "tuned_environment",
 ]
 
-#: Value of ``NPY_DISABLE_CPU_FEATURES`` that keeps NumPy on its AVX2 code paths.
+#: Value of ``NPY_DISABLE_CPU_FEATURES`` that keeps NumPy >= 2.4 on its AVX2 code paths (the
+#: names of NumPy's AVX-512 dispatch targets; :func:`avx2_sort_setting` gives those of the
+#: installed NumPy, e.g. ``AVX512_SKX`` for 2.0-2.3).
 AVX2_SORT_SETTING = "X86_V4 AVX512_ICL AVX512_SPR"
 _USER_SETTINGS = ("NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES")
 
@@ -78,6 +81,19 @@ def is_zen4(cpuinfo: str | None = None) -> bool:
     )
 
 
+def avx2_sort_setting() -> str:
+    """``NPY_DISABLE_CPU_FEATURES`` value for the installed NumPy: its AVX-512 dispatch targets
+    (``X86_V4`` and the ``AVX512_*`` groups), or :data:`AVX2_SORT_SETTING` when NumPy does not
+    list them. NumPy ignores (with an ImportWarning) names it does not dispatch to, and
+    refuses to disable its baseline, so only dispatch targets are named."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # pragma: no cover - NumPy < 2 or a changed private module
+        return AVX2_SORT_SETTING
+    names = [name for name in __cpu_dispatch__ if name == "X86_V4" or name.startswith("AVX512")]
+    return " ".join(names) or AVX2_SORT_SETTING
+
+
 def numpy_sorts_with_avx512() -> bool:
     """True when the imported NumPy dispatches its sorts to AVX-512 code (X86_V4 enabled)."""
     try:
@@ -95,7 +111,7 @@ def slow_sort_advice() -> str | None:
     return (
         "NumPy sorts with AVX-512 code, which is several times slower than its AVX2 code on this "
         "AMD Zen 4 CPU (sky and static-mask statistics take ~2x longer). Start Python with "
-        f'NPY_DISABLE_CPU_FEATURES="{AVX2_SORT_SETTING}" to use the faster code '
+        f'NPY_DISABLE_CPU_FEATURES="{avx2_sort_setting()}" to use the faster code '
         "(see drizzlepipe.numpy_tuning)"
     )
 
@@ -115,10 +131,10 @@ def advise_once(logger) -> None:
 
 
 def tuned_environment(environ=None, cpuinfo: str | None = None) -> dict:
-    """A copy of ``environ`` (default ``os.environ``) for a child Python process: with
-    ``NPY_DISABLE_CPU_FEATURES`` set to :data:`AVX2_SORT_SETTING` on a Zen 4 CPU unless the user
-    chose NumPy's CPU features already; unchanged elsewhere."""
+    """A copy of ``environ`` (default ``os.environ``) for a child Python process of this
+    interpreter: with ``NPY_DISABLE_CPU_FEATURES`` set to :func:`avx2_sort_setting` on a Zen 4
+    CPU unless the user chose NumPy's CPU features already; unchanged elsewhere."""
     environment = dict(os.environ if environ is None else environ)
     if is_zen4(cpuinfo) and not any(environment.get(name) for name in _USER_SETTINGS):
-        environment["NPY_DISABLE_CPU_FEATURES"] = AVX2_SORT_SETTING
+        environment["NPY_DISABLE_CPU_FEATURES"] = avx2_sort_setting()
     return environment

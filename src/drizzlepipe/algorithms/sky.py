@@ -1022,6 +1022,7 @@ def _measure_overlaps(chips, coverage: SkyCoverage, statistic: SkyStatistic, map
     measure = functools.partial(
         _measure_exposure, chips=chips, coverage=coverage, statistic=statistic
     )
+    coverage._label_change_table()  # built once here, not by several threads at once
     for exposure, (chip_values, overlaps) in enumerate(map_(measure, range(nexp))):
         for index, value in chip_values.items():
             chip_brightness[index] = value

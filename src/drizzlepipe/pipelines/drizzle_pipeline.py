@@ -113,7 +113,7 @@ class DrizzlePipeline(DrizPipeline):
         run = self._timed
         library = run(timings, "static_mask", library, library=library, on_skip=library)
         if n_exposures >= 2 and not self.driz_separate.skip:
-            # the singles' memory is faulted in on the core the sky step leaves idle
+            # the singles' memory is faulted in by a background thread during the sky step
             self.driz_separate.reserve_outputs(library)
         library = run(timings, "sky_sub", library, library=library, on_skip=library)
         if n_exposures < 2:

@@ -17,7 +17,13 @@ from ..datamodels import DrizDataModel, ModelLibrary, open_path
 from ..datamodels.readers import product_model_type
 from ..execution import Executor, default_workers
 
-__all__ = ["DrizStep", "KNOWN_SUFFIXES", "exposure_root", "open_step_input"]
+__all__ = [
+    "DrizStep",
+    "KNOWN_SUFFIXES",
+    "MAX_STATISTICS_THREADS",
+    "exposure_root",
+    "open_step_input",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,12 @@ def open_step_input(init, **kwargs):
     if isinstance(init, (str, Path)) and product_model_type(init) == "ResampledModel":
         return open_path(init)
     return ModelLibrary(init, **kwargs)
+
+
+#: Most threads computing chip statistics at once in the sky and static-mask steps: each holds
+#: a sorted copy of a chip's valid pixels (~35 MB for a UVIS chip; all chips of an exposure
+#: for sky matching), and the statistics' GIL-bound parts gain little from more threads.
+MAX_STATISTICS_THREADS = 4
 
 
 class DrizStep(Step):
@@ -162,15 +174,18 @@ class DrizStep(Step):
         with Executor(self.scheduler or "threads", self.n_workers) as executor:
             yield executor
 
-    def thread_count(self):
+    def thread_count(self, limit=None):
         """Threads for this step's work in this process (e.g. statistics whose sorts release
-        the GIL): 1 with the ``serial`` scheduler, else the step's or the pipeline's number of
-        workers (all cores by default)."""
-        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
-        scheduler = self.scheduler or (shared.scheduler if shared is not None else "threads")
-        if scheduler == "serial":
-            return 1
-        return self.n_workers or (shared.n_workers if shared is not None else default_workers())
+        the GIL): 1 with the ``serial`` scheduler, else the number of workers of the executor
+        :meth:`execution` gives (all cores by default), at most ``limit``."""
+        shared = self.pipeline_executor()
+        if shared is not None:
+            count = 1 if shared.scheduler == "serial" else shared.n_workers
+        elif (self.scheduler or "threads") == "serial":
+            count = 1
+        else:
+            count = self.n_workers or default_workers()
+        return min(count, limit) if limit else count
 
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged),

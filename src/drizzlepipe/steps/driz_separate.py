@@ -112,9 +112,9 @@ class DrizSeparateStep(DrizStep):
 
     def reserve_outputs(self, library):
         """Have the pipeline's executor fault in the memory of this step's output buffers (a
-        SCI and a WHT array per exposure of a batch) in the background, while earlier steps
-        work on one core. Does nothing outside a pipeline or when the grid cannot be made (the
-        step reports that itself when it runs)."""
+        SCI and a WHT array per exposure of a batch) in a background thread while the sky step
+        works. Does nothing outside a pipeline or when the grid cannot be made (the step
+        reports that itself when it runs)."""
         executor = self.pipeline_executor()
         if executor is None or len(library.group_indices) < 2:
             return

@@ -26,7 +26,7 @@ from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import bad_pixels, chip_label, data_with_sky
-from .base import DrizStep, exposure_root
+from .base import MAX_STATISTICS_THREADS, DrizStep, exposure_root
 
 __all__ = ["SkySubStep"]
 
@@ -92,8 +92,10 @@ class SkySubStep(DrizStep):
             if self.method == "user":
                 user_values = _user_values(self.skyfile, files)
             # in memory, several chips (exposures) are measured at once by threads: the sorts
-            # behind the statistics release the GIL. On disk, chips are read one at a time.
-            threads = 1 if library.on_disk else self.thread_count()
+            # behind the statistics release the GIL. Each thread holds an exposure's sorted
+            # samples, hence the limit. On disk, chips are read one at a time.
+            measured = not (library.on_disk or self.method == "user")
+            threads = self.thread_count(limit=MAX_STATISTICS_THREADS) if measured else 1
             with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
                 result = self._compute(chips, statistic, user_values, pool.map if pool else map)
             del chips

@@ -18,7 +18,7 @@ from astropy.io import fits
 from ..algorithms.staticmask import build_static_masks
 from ..datamodels.writers import write_fits_atomic
 from ._drizzle_common import chip_label
-from .base import DrizStep
+from .base import MAX_STATISTICS_THREADS, DrizStep
 
 __all__ = ["StaticMaskStep"]
 
@@ -59,7 +59,7 @@ class StaticMaskStep(DrizStep):
 
             # in memory, threads measure several chips at once (the sorts release the GIL);
             # on disk, one chip is read at a time
-            threads = 1 if library.on_disk else self.thread_count()
+            threads = 1 if library.on_disk else self.thread_count(limit=MAX_STATISTICS_THREADS)
             with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
                 result = build_static_masks(
                     chips(), static_sig=self.sigma, map_=pool.map if pool else map
