@@ -152,3 +152,21 @@ def test_many_band_edges_with_faint_cosmic_rays(monkeypatch, grow, ctegrow):
         monkeypatch.setattr(_tasks, "BAND_ROWS", 1)
         banded = blot_and_detect(job)
         np.testing.assert_array_equal(banded.mask(), whole.mask())
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (0.0, 120.0)])  # all on, half off the median
+def test_holes_carried_in_the_weight_give_the_same_masks_and_blot(offset):
+    # BlotCR looks up one array (the median's weight, -1 at its holes) instead of two; the
+    # result must be that of the separate holes map and weight.
+    separate = _job("detector", 1, 0, offset)
+    combined = _job("detector", 1, 0, offset)
+    holes, weight = separate.holes.get(), separate.median_weight.get()
+    assert (holes > 0.5).sum() == 40  # the median's hole is there
+    combined.median_weight = ArrayRef(array=np.where(holes > 0.5, np.float32(-1.0), weight))
+    combined.holes, combined.holes_in_weight = None, True
+    expected, got = blot_and_detect(separate), blot_and_detect(combined)
+    assert expected.n_flagged > 500 and got.n_flagged == expected.n_flagged
+    np.testing.assert_array_equal(got.mask(), expected.mask())
+    np.testing.assert_array_equal(np.isnan(got.blotted), np.isnan(expected.blotted))
+    np.testing.assert_allclose(got.blotted, expected.blotted, rtol=0, equal_nan=True)
+    assert np.isnan(expected.blotted).sum() > 0  # the hole (and the part off the median) left out

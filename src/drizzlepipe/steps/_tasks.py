@@ -273,6 +273,7 @@ class BlotCRJob:
     stepsize: int
     keep_blot: bool = False
     median_weight: ArrayRef | None = None  # sum of the singles' weights [s], for median noise
+    holes_in_weight: bool = False  # median_weight is -1 at the median's holes (holes is None)
     exptime: float = 1.0
 
 
@@ -334,8 +335,11 @@ def blot_and_detect(job):
     median = job.median.get()
     # the Lanczos interpolants normalise by a blot of ones: one array for all bands
     ones = np.ones_like(median) if job.interp.startswith("lan") else None
-    sampled = [(ref.get(), fill) for ref, fill in ((job.holes, 1.0), (job.median_weight, 0.0))
-               if ref is not None]  # fmt: skip
+    # outside the median, a position is a hole: 1 in the holes' map, -1 in a weight that
+    # carries them
+    weight_fill = -1.0 if job.holes_in_weight else 0.0
+    lookups = ((job.holes, 1.0), (job.median_weight, weight_fill))
+    sampled = [(ref.get(), fill) for ref, fill in lookups if ref is not None]
     data = job.data.get()
     err = job.err.get() if job.err is not None else None
     cr_mask = np.zeros(job.shape, dtype=bool)
@@ -391,7 +395,11 @@ def _blot_band(job, median, sampled, pixmap, ones):
         blotted[values.pop(0) > 0.5] = np.nan
     n_exposures = None
     if job.median_weight is not None:
-        n_exposures = values.pop(0) / np.float32(job.exptime)
+        weight = values.pop(0)
+        if job.holes_in_weight:
+            blotted[weight < 0] = np.nan
+            np.maximum(weight, 0, out=weight)
+        n_exposures = weight / np.float32(job.exptime)
     blotted += np.float32(job.sky)
     return blotted, n_exposures
 

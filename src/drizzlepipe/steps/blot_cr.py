@@ -72,12 +72,18 @@ class BlotCRStep(DrizStep):
         library = self.prepare_library(input_data)
         totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": []}
         with self.execution() as executor, library:
+            weight = median.wht if self.median_noise and median.wht is not None else None
+            holes_in_weight = holes is not None and weight is not None
+            if holes_in_weight:
+                # one array looked up per chip pixel instead of two (the lookups are cache
+                # misses): the weight, -1 at the holes
+                weight = np.where(holes > 0.5, np.float32(-1.0), weight).astype(np.float32)
+                holes = None
             shared_median = (
                 executor.share(filled),
                 executor.share(holes) if holes is not None else None,
-                executor.share(median.wht)
-                if self.median_noise and median.wht is not None
-                else None,
+                executor.share(weight) if weight is not None else None,
+                holes_in_weight,
             )
             exposures = list(library.group_indices.values())
             # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library,
@@ -182,6 +188,7 @@ class BlotCRStep(DrizStep):
             stepsize=self.stepsize,
             keep_blot=self.save_blot or self.corr,
             median_weight=shared_median[2],
+            holes_in_weight=shared_median[3],
             exptime=exptime,
         )
 
