@@ -69,7 +69,7 @@ def _job(
         shape=shape,
         label="chip",
         median=ArrayRef(array=filled),
-        holes=ArrayRef(array=holes),
+        holes=ArrayRef(array=holes.astype(np.float32)),
         median_wcs=median_wcs,
         blot_iscale=500.0,
         sky=sky,

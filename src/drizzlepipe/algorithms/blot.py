@@ -245,14 +245,14 @@ def fill_holes(image, reach=STENCIL_REACH):
         float32 copy with the holes filled as above (the image itself when all pixels are
         finite; all-zero when none is).
     holes : numpy.ndarray or None
-        float32 map, 1 at the holes and 0 elsewhere, or None when there are none.
+        Boolean map, True at the holes, or None when there are none.
     """
     image = np.asarray(image, dtype=np.float32)
     invalid = ~np.isfinite(image)
     if not invalid.any():
         return image, None
     if invalid.all():
-        return np.zeros_like(image), invalid.astype(np.float32)
+        return np.zeros_like(image), invalid
     filled = np.where(invalid, np.float32(0.0), image)
     ny, nx = image.shape
     tile = _FILL_TILE
@@ -272,7 +272,7 @@ def fill_holes(image, reach=STENCIL_REACH):
             fill = padded[inner] & (distance[inner] <= reach)
             values = image[top:bottom, left:right][rows[inner], cols[inner]]
             filled[y0:y1, x0:x1][fill] = values[fill]
-    return filled, invalid.astype(np.float32)
+    return filled, invalid
 
 
 def sample_nearest(image, pixmap, fill_value=0.0):

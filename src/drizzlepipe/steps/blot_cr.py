@@ -77,11 +77,11 @@ class BlotCRStep(DrizStep):
             if holes_in_weight:
                 # one array looked up per chip pixel instead of two (the lookups are cache
                 # misses): the weight, -1 at the holes
-                weight = np.where(holes > 0.5, np.float32(-1.0), weight).astype(np.float32)
+                weight = np.where(holes, np.float32(-1.0), weight).astype(np.float32, copy=False)
                 holes = None
             shared_median = (
                 executor.share(filled),
-                executor.share(holes) if holes is not None else None,
+                executor.share(holes.astype(np.float32)) if holes is not None else None,
                 executor.share(weight) if weight is not None else None,
                 holes_in_weight,
             )
