@@ -159,7 +159,7 @@ def test_statistics_threads_only_in_memory_and_never_for_the_serial_scheduler(
 ):
     from concurrent.futures import ThreadPoolExecutor
 
-    from drizzlepipe.steps import sky_sub, static_mask
+    from drizzlepipe.steps import base
 
     pools = []
 
@@ -168,8 +168,7 @@ def test_statistics_threads_only_in_memory_and_never_for_the_serial_scheduler(
             pools.append(max_workers)
             super().__init__(max_workers)
 
-    for module in (sky_sub, static_mask):
-        monkeypatch.setattr(module, "ThreadPoolExecutor", RecordingPool)
+    monkeypatch.setattr(base, "ThreadPoolExecutor", RecordingPool)
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"jsu00{i}aq_flt.fits")

@@ -8,6 +8,7 @@ opener that uses drizzlepipe's readers, a parameter lookup that never leaves the
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,13 +18,7 @@ from ..datamodels import DrizDataModel, ModelLibrary, open_path
 from ..datamodels.readers import product_model_type
 from ..execution import Executor, default_workers
 
-__all__ = [
-    "DrizStep",
-    "KNOWN_SUFFIXES",
-    "MAX_STATISTICS_THREADS",
-    "exposure_root",
-    "open_step_input",
-]
+__all__ = ["DrizStep", "KNOWN_SUFFIXES", "exposure_root", "open_step_input"]
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +71,10 @@ def open_step_input(init, **kwargs):
     return ModelLibrary(init, **kwargs)
 
 
-#: Most threads computing chip statistics at once in the sky and static-mask steps: each holds
+#: Most threads computing chip statistics at once (:meth:`DrizStep.statistics_map`): each holds
 #: a sorted copy of a chip's valid pixels (~35 MB for a UVIS chip; all chips of an exposure
 #: for sky matching), and the statistics' GIL-bound parts gain little from more threads.
-MAX_STATISTICS_THREADS = 4
+_MAX_STATISTICS_THREADS = 4
 
 
 class DrizStep(Step):
@@ -186,6 +181,20 @@ class DrizStep(Step):
         else:
             count = self.n_workers or default_workers()
         return min(count, limit) if limit else count
+
+    @contextmanager
+    def statistics_map(self, library, wanted=True):
+        """A ``map`` for per-chip statistics computed in this process (the sky and static-mask
+        steps): a thread pool's when the library is in memory (the sorts behind the
+        statistics release the GIL), with :meth:`thread_count` threads up to 4; the built-in
+        ``map`` on disk (chips are read one at a time), with the ``serial`` scheduler, or when
+        not ``wanted``."""
+        threads = self.thread_count(limit=_MAX_STATISTICS_THREADS)
+        if library.on_disk or not wanted or threads <= 1:
+            yield map
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            yield pool.map
 
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged),

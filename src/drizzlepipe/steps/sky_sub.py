@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import bad_pixels, chip_label, data_with_sky
-from .base import MAX_STATISTICS_THREADS, DrizStep, exposure_root
+from .base import DrizStep, exposure_root
 
 __all__ = ["SkySubStep"]
 
@@ -91,13 +89,8 @@ class SkySubStep(DrizStep):
             user_values = None
             if self.method == "user":
                 user_values = _user_values(self.skyfile, files)
-            # in memory, several chips (exposures) are measured at once by threads: the sorts
-            # behind the statistics release the GIL. Each thread holds an exposure's sorted
-            # samples, hence the limit. On disk, chips are read one at a time.
-            measured = not (library.on_disk or self.method == "user")
-            threads = self.thread_count(limit=MAX_STATISTICS_THREADS) if measured else 1
-            with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-                result = self._compute(chips, statistic, user_values, pool.map if pool else map)
+            with self.statistics_map(library, wanted=self.method != "user") as map_:
+                result = self._compute(chips, statistic, user_values, map_)
             del chips
             for index in range(len(library)):
                 model = library.borrow(index)

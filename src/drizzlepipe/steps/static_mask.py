@@ -9,8 +9,6 @@ with ``save_results``.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
 from astropy.io import fits
@@ -18,7 +16,7 @@ from astropy.io import fits
 from ..algorithms.staticmask import build_static_masks
 from ..datamodels.writers import write_fits_atomic
 from ._drizzle_common import chip_label
-from .base import MAX_STATISTICS_THREADS, DrizStep
+from .base import DrizStep
 
 __all__ = ["StaticMaskStep"]
 
@@ -57,13 +55,8 @@ class StaticMaskStep(DrizStep):
                     finally:
                         library.shelve(model, index, modify=False)
 
-            # in memory, threads measure several chips at once (the sorts release the GIL);
-            # on disk, one chip is read at a time
-            threads = 1 if library.on_disk else self.thread_count(limit=MAX_STATISTICS_THREADS)
-            with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
-                result = build_static_masks(
-                    chips(), static_sig=self.sigma, map_=pool.map if pool else map
-                )
+            with self.statistics_map(library) as map_:
+                result = build_static_masks(chips(), static_sig=self.sigma, map_=map_)
             # one read-only array per chip position, shared by its chips (in memory, E - 1
             # fewer copies of P bytes per position)
             as_bytes = {key: mask.astype(np.uint8) for key, mask in result.masks.items()}
