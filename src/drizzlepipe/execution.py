@@ -223,6 +223,12 @@ class _BufferPool:
                     buffer.close()
 
 
+def _buffer_size(shape, dtype):
+    """Bytes of the shared buffer behind an array of ``shape`` and ``dtype`` (at least 1: an
+    mmap cannot be empty); reserved and requested buffers are matched by this size."""
+    return max(int(np.prod([int(n) for n in shape])) * np.dtype(dtype).itemsize, 1)
+
+
 def _write_zeros(buffers):
     """Write zeros over each buffer with ``memset`` (a ctypes call: the GIL is released, so the
     caller's thread keeps working while the pages are faulted in)."""
@@ -354,7 +360,7 @@ class Executor:
             return ArrayRef(array=np.zeros(shape, dtype=dtype), writable=True)
         if self.inherits:
             count = int(np.prod(shape))
-            size = max(count * np.dtype(dtype).itemsize, 1)
+            size = _buffer_size(shape, dtype)
             # MAP_SHARED | MAP_ANONYMOUS: a forked worker's writes are seen here.
             buffer = self._buffers.take(size)
             flat = np.frombuffer(buffer, dtype=dtype, count=count)
@@ -373,7 +379,7 @@ class Executor:
         a no-op for the other schedulers). Unused reservations are unmapped at :meth:`close`."""
         if not self.inherits or count < 1:
             return
-        size = max(int(np.prod([int(n) for n in shape])) * np.dtype(dtype).itemsize, 1)
+        size = _buffer_size(shape, dtype)
         self._buffers.reserve(size, int(count))
         log.debug("Faulting in %d buffers of %.1f MB in the background", count, size / 1e6)
 
