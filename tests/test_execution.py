@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import threading
 import time
 
 import numpy as np
@@ -118,7 +119,7 @@ def _slow_square(value):
     return value * value
 
 
-@pytest.mark.parametrize("scheduler", ["serial", "threads"])
+@pytest.mark.parametrize("scheduler", ["serial", "threads", "processes"])
 def test_progress_bar_on_request_and_not_by_default_off_a_terminal(scheduler, capsys):
     with Executor(scheduler, n_workers=2, progress=True) as executor:
         assert executor.map(_slow_square, [1, 2, 3, 4], label="Squaring") == [1, 4, 9, 16]
@@ -343,3 +344,18 @@ def test_the_pipeline_reserves_the_singles_buffers_before_the_sky_step(
     # the singles got exactly the reserved buffers; the final's came back from the singles
     assert served[: 2 * len(files)] == [True] * (2 * len(files))
     assert not any(served[2 * len(files) :])
+
+
+def _identity(value):
+    return value
+
+
+def test_a_task_that_cannot_be_pickled_raises_in_the_caller_and_the_pool_goes_on():
+    # pickled in the calling thread: a failure in the pool's feeder thread could leave the
+    # pool's shutdown waiting forever
+    lock = threading.Lock()
+    with Executor("processes", n_workers=2) as executor:
+        with pytest.raises(TypeError, match="pickle"):
+            executor.map(_identity, [lock, lock, lock])
+        assert executor.map(_identity, [1, 2, 3]) == [1, 2, 3]
+        assert executor.map(lambda value: 2 * value, [1, 2]) == [2, 4]  # closures travel

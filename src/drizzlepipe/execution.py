@@ -1,8 +1,9 @@
-"""One execution layer for independent per-chip and per-exposure work, built on dask.
+"""One execution layer for independent per-chip and per-exposure work.
 
 ``scheduler`` is ``serial`` (in the calling thread), ``threads`` (dask's thread pool),
-``processes`` (a pool of worker processes reused across steps) or the address of a running
-``dask.distributed`` scheduler (``tcp://host:port``). Results never depend on the scheduler:
+``processes`` (worker processes of a ``concurrent.futures`` pool, given the tasks directly: a
+step's few large tasks need no task graph) or the address of a running ``dask.distributed``
+scheduler (``tcp://host:port``). Results never depend on the scheduler:
 tasks are pure functions of their arguments and results are combined in a fixed order.
 
 The default is ``threads``: no data is copied, and numpy releases the GIL. But the drizzle and
@@ -36,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable
@@ -256,6 +258,35 @@ def _fork_workers(pool):
             gc.unfreeze()
 
 
+def _run_pickled(payload):
+    """Run a task pickled by :meth:`Executor._map_on_pool`: ``func(item)``."""
+    func, item = pickle.loads(payload)
+    return func(item)
+
+
+def _draw_progress(label, futures, width=40):
+    """Draw the completion of ``futures`` on standard error as they finish (the format of
+    dask's progress bar, which the other schedulers use)."""
+    from concurrent.futures import as_completed
+
+    started = time.perf_counter()
+    total = len(futures)
+    if label:
+        print(f"{label} ({total} tasks)", file=sys.stderr, flush=True)
+
+    def draw(done):
+        filled = int(round(width * done / total))
+        bar = "#" * filled + " " * (width - filled)
+        elapsed = time.perf_counter() - started
+        line = f"\r[{bar}] | {100 * done // total:3d}% Completed | {elapsed:5.1f}s"
+        print(line, end="", file=sys.stderr, flush=True)
+
+    draw(0)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        draw(done)
+    print(file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def frozen_objects():
     """Exclude the objects alive on entry from garbage collection until exit (``gc.freeze``).
@@ -410,10 +441,9 @@ class Executor:
         items = list(items)
         if not items:
             return []
+        if self.scheduler == "processes" and not self.shares_memory:
+            return self._map_on_pool(func, items, label)
         bar = self._progress_bar(label, len(items))
-        if bar is not None and self.scheduler == "processes" and not self.shares_memory:
-            # fork the workers now, before the progress bar starts its thread
-            self._process_pool()
         if self.shares_memory and self.scheduler != "threads" and bar is None:
             return [func(item) for item in items]
         import dask
@@ -424,23 +454,47 @@ class Executor:
                 return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
             if self.shares_memory:
                 return list(dask.compute(*tasks, scheduler="sync"))
-            if self.scheduler == "processes":
-                try:
-                    # chunksize=1: dask's default batches up to 6 ready tasks into one
-                    # submission, which ran a step's few large tasks one after the other.
-                    pool = self._process_pool()
-                    return list(dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1))
-                finally:
-                    if self.inherits:
-                        # Forked workers see the objects shared before they were forked, and
-                        # they keep the parent's memory as it was then: none outlives its map.
-                        self._close_pool()
         return list(dask.compute(*tasks, scheduler=self._distributed_client()))
+
+    def _map_on_pool(self, func, items, label):
+        """``map`` on the worker processes, submitted to the pool directly.
+
+        A step's tasks are few, large and independent, so a task graph adds nothing; going
+        through dask cost ~0.3 s the first time (importing its scheduler, while the workers
+        waited) and batched ready tasks unless told not to. Results come back in input order;
+        the first failure (in input order) is raised as the worker raised it, once the tasks
+        still running have stopped (pending ones are cancelled).
+        """
+        # Pickled here, not by the pool's feeder thread: an argument that cannot be pickled
+        # raises in this thread (a feeder-thread failure can leave the pool's shutdown
+        # waiting forever on Python 3.11). cloudpickle, as dask did, also takes closures.
+        import cloudpickle
+
+        payloads = [
+            cloudpickle.dumps((func, item), protocol=pickle.HIGHEST_PROTOCOL) for item in items
+        ]
+        pool = self._process_pool()
+        futures = []
+        try:
+            futures = [pool.submit(_run_pickled, payload) for payload in payloads]
+            if self._wants_progress(len(items)):
+                _draw_progress(label, futures)
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+            if self.inherits:
+                # Forked workers see the objects shared before they were forked, and they
+                # keep the parent's memory as it was then: none outlives its map.
+                self._close_pool()
+
+    def _wants_progress(self, n_tasks):
+        wanted = self.progress if self.progress is not None else sys.stderr.isatty()
+        return bool(wanted) and n_tasks >= 2 and not self.scheduler.startswith(("tcp://", "tls://"))
 
     def _progress_bar(self, label, n_tasks):
         """dask's progress bar on standard error, or None."""
-        wanted = self.progress if self.progress is not None else sys.stderr.isatty()
-        if not wanted or n_tasks < 2 or self.scheduler.startswith(("tcp://", "tls://")):
+        if not self._wants_progress(n_tasks):
             return None
         from dask.diagnostics import ProgressBar
 
