@@ -412,6 +412,41 @@ def test_runs_on_given_arrays_handed_back_as_partials_merge_exactly(rng):
         DrizzleAccumulator(out_shape, out_arrays={"img": np.zeros((3, 3), np.float32)})
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded):
+    """What the final step does with the workers' runs: every partial is received, the first
+    takes the others' sums and context bits into its own arrays (growing its context planes
+    when a later run has more), with the row blocks in one thread or two."""
+    from drizzlepipe.algorithms import resample
+
+    monkeypatch.setattr(resample, "_THREADED_COMBINE_PIXELS", 1 if threaded else 2**62)
+    monkeypatch.setattr(resample, "_usable_cores", lambda: 2)
+    out_shape, chip_shape = (24, 30), (8, 10)
+    chips, truth = _integer_placed_chips(rng, 40, out_shape, chip_shape)
+    values = [rng.normal(10.0, 1.0, chip_shape).astype(np.float32) for _ in chips]
+    variances = [rng.uniform(0.5, 2.0, chip_shape).astype(np.float32) for _ in chips]
+
+    def run(first, last):
+        accumulator = DrizzleAccumulator(out_shape, n_inputs=40, first_context_id=first)
+        for k in range(first, last):
+            (pixmap, bad), value, variance = chips[k], values[k], variances[k]
+            accumulator.add_chip(
+                value, pixmap, exptime=3.0, bad_mask=bad, variance=variance, context_id=k
+            )
+        return accumulator
+
+    reference = merge_accumulators([run(0, 20), run(20, 40)]).finalize()
+    partials = [run(0, 20).partial(), run(20, 40).partial()]
+    assert partials[0].context.shape[0] == 1 and partials[1].context.shape[0] == 2
+    first, second = (DrizzleAccumulator.from_partial(p, kernel="square") for p in partials)
+    merged = merge_accumulators([first, second]).finalize()
+    assert merged.data is partials[0].img  # combined in place
+    for name in ("data", "wht", "err", "context"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(reference, name))
+    decoded = np.array([context_contributor_mask(merged.context, k) for k in range(40)])
+    assert np.array_equal(decoded, truth)
+
+
 def test_merge_of_rotated_chips_and_more_adds_after_merge(rng):
     shape = (30, 40)
     chips = [

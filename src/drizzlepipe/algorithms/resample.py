@@ -91,7 +91,9 @@ Differences from AstroDrizzle
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +154,15 @@ _TOUCH_TOLERANCE = 1e-6
 _MAX_WEIGHT_WITH_ERR = 1e18
 # Pixels per block when combining partial results, so that float64 temporaries stay in cache.
 _COMBINE_BLOCK_PIXELS = 2**16
+# Regions of at least this many pixels are combined in two threads (a whole-grid merge).
+_THREADED_COMBINE_PIXELS = 2**22
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 class ResampleInputError(DrizzlepipeInputError):
@@ -910,26 +921,41 @@ class DrizzleAccumulator:
     def _combine(self, region, img, wht, var) -> None:
         """Combine a partial (mean, weight, variance) into ``region`` of the output, exactly.
 
-        Worked in blocks of rows so the float64 temporaries stay in cache.
+        Worked in blocks of rows so the float64 temporaries stay in cache; a large region (a
+        whole-grid merge) in two threads, half of the blocks each (numpy releases the GIL;
+        every pixel is computed the same way, so the result does not depend on it).
         """
         rows, cols = region
         n_rows = rows.stop - rows.start
         step = max(1, _COMBINE_BLOCK_PIXELS // max(1, cols.stop - cols.start))
-        for first in range(0, n_rows, step):
-            last = min(n_rows, first + step)
-            out = (slice(rows.start + first, rows.start + last), cols)
-            w1 = self._wht[out].astype(np.float64)
-            w2 = wht[first:last].astype(np.float64)
-            total = w1 + w2
-            nonzero = total != 0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv_total = np.where(nonzero, 1.0 / total, 0.0)
-                mean = (self._img[out] * w1 + img[first:last] * w2) * inv_total
-                self._img[out] = np.where(nonzero, mean, self._img[out])
-                if self._enable_err:
-                    combined = (self._var[out] * w1**2 + var[first:last] * w2**2) * inv_total**2
-                    self._var[out] = np.where(nonzero, combined, 0.0)
-            self._wht[out] = total
+        firsts = range(0, n_rows, step)
+
+        def combine_blocks(blocks):
+            for first in blocks:
+                self._combine_block(rows, cols, first, min(n_rows, first + step), img, wht, var)
+
+        n_pixels = n_rows * (cols.stop - cols.start)
+        if n_pixels < _THREADED_COMBINE_PIXELS or _usable_cores() < 2:
+            combine_blocks(firsts)
+            return
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(combine_blocks, (firsts[0::2], firsts[1::2])))
+
+    def _combine_block(self, rows, cols, first, last, img, wht, var) -> None:
+        """Rows ``first:last`` of the region (see :meth:`_combine`)."""
+        out = (slice(rows.start + first, rows.start + last), cols)
+        w1 = self._wht[out].astype(np.float64)
+        w2 = wht[first:last].astype(np.float64)
+        total = w1 + w2
+        nonzero = total != 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_total = np.where(nonzero, 1.0 / total, 0.0)
+            mean = (self._img[out] * w1 + img[first:last] * w2) * inv_total
+            self._img[out] = np.where(nonzero, mean, self._img[out])
+            if self._enable_err:
+                combined = (self._var[out] * w1**2 + var[first:last] * w2**2) * inv_total**2
+                self._var[out] = np.where(nonzero, combined, 0.0)
+        self._wht[out] = total
 
     def _global_planes(self, n_planes: int) -> np.ndarray:
         """Context bits already in global numbering, with at least ``n_planes`` planes."""
@@ -1000,6 +1026,10 @@ class DrizzleAccumulator:
             return None
         local = self._driz.out_ctx if self._driz is not None else None
         n_planes = (max(self._ids) // CONTEXT_PLANE_BITS + 1) if self._ids else 1
+        if local is None and not self._members and self._global_context is not None:
+            if self._global_context.shape[0] >= n_planes:
+                # a received partial: its context is all in global numbering already
+                return self._global_context[:n_planes]
         if self._global_context is None and all(m.local_id == m.context_id for m in self._members):
             if local.shape[0] >= n_planes:
                 return local[:n_planes]
@@ -1103,7 +1133,10 @@ class DrizzleAccumulator:
             other._var if self._enable_err else None,
         )
 
-        if self._enable_context:
+        if self._enable_context and self._driz is None:
+            # a received partial: OR the other's bits into its own planes (no new array)
+            self._global_planes(theirs.shape[0])[: theirs.shape[0]] |= theirs
+        elif self._enable_context:
             n_planes = max(mine.shape[0], theirs.shape[0])
             combined = np.zeros((n_planes, ny, nx), dtype=np.int32)
             combined[: mine.shape[0]] |= mine
