@@ -335,6 +335,13 @@ def test_fill_holes_takes_the_nearest_data_pixel_within_reach(rng):
         np.hypot(source_rows - rows, source_cols - cols), distance[near], rtol=0, atol=1e-9
     )
     np.testing.assert_array_equal(filled[far], 0.0)
+    # into a given array (BlotCR passes a recycled buffer, full of old values)
+    out = np.full((ny, nx), 7.0, np.float32)
+    into, _ = fill_holes(named, out=out)
+    assert into is out
+    np.testing.assert_array_equal(into, filled)
+    with pytest.raises(ValueError, match="float32"):
+        fill_holes(named, out=np.zeros((ny, nx), np.float64))
 
 
 @pytest.mark.parametrize("interp", ["linear", "poly3", "poly5", "lan3", "lan5"])

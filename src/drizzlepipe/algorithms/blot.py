@@ -214,7 +214,7 @@ STENCIL_REACH = 10
 _FILL_TILE = 256
 
 
-def fill_holes(image, reach=STENCIL_REACH):
+def fill_holes(image, reach=STENCIL_REACH, out=None):
     """Fill non-finite pixels of a product with their nearest finite neighbour, for blotting.
 
     The interpolants read a 2 x 2 (linear) to 11 x 11 (lan5) stencil, so a single NaN (a pixel
@@ -238,12 +238,15 @@ def fill_holes(image, reach=STENCIL_REACH):
         2-D product with NaN (or inf) where it has no data.
     reach : int
         Holes farther than this from any finite pixel [pixels] are set to 0.
+    out : numpy.ndarray, optional
+        float32 array of the image's shape to hold the filled copy (e.g. memory already in
+        use); written only when there are holes.
 
     Returns
     -------
     filled : numpy.ndarray
-        float32 copy with the holes filled as above (the image itself when all pixels are
-        finite; all-zero when none is).
+        float32 copy with the holes filled as above (``out`` when given; the image itself when
+        all pixels are finite; all-zero when none is).
     holes : numpy.ndarray or None
         Boolean map, True at the holes, or None when there are none.
     """
@@ -251,9 +254,14 @@ def fill_holes(image, reach=STENCIL_REACH):
     invalid = ~np.isfinite(image)
     if not invalid.any():
         return image, None
+    if out is not None and (out.shape != image.shape or out.dtype != np.float32):
+        raise ValueError(f"out must be float32 of shape {image.shape}")
+    filled = np.empty_like(image) if out is None else out
     if invalid.all():
-        return np.zeros_like(image), invalid
-    filled = np.where(invalid, np.float32(0.0), image)
+        filled[...] = 0.0
+        return filled, invalid
+    np.copyto(filled, image)
+    filled[invalid] = 0.0
     ny, nx = image.shape
     tile = _FILL_TILE
     for y0 in range(0, ny, tile):
