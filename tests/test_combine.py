@@ -303,6 +303,14 @@ def test_results_do_not_depend_on_bufsize(rng, combine_type, grow):
     results = [combine_stack(images, masks, bufsize=b, **kwargs) for b in (0.01, 1, 1000)]
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
+    # nor on the threads sharing the sections (2 or 3 runs of sections, uneven)
+    for threads in (2, 3):
+        threaded = combine_stack(
+            images, masks, bufsize=0.01, threads=threads, return_empty_count=True, **kwargs
+        )
+        np.testing.assert_array_equal(threaded.image, results[0])
+        serial = combine_stack(images, masks, bufsize=0.01, return_empty_count=True, **kwargs)
+        assert threaded.n_empty == serial.n_empty
     if combine_type.endswith("minmed"):
         # grow really acts across rows: without it the result differs
         assert not np.array_equal(results[0], combine_stack(images, masks, **kwargs | {"grow": 0}))
@@ -330,6 +338,10 @@ def test_inputs_from_memmaps_and_fits_sections(rng, tmp_path):
     np.testing.assert_array_equal(
         combine_stack(frames, list(masks), combine_type="median", bufsize=0.01), expected
     )
+    np.testing.assert_array_equal(
+        combine_stack(frames, list(masks), combine_type="median", bufsize=0.01, threads=2),
+        expected,
+    )
 
     hdus = []
     for index, image in enumerate(images):
@@ -340,6 +352,11 @@ def test_inputs_from_memmaps_and_fits_sections(rng, tmp_path):
         sections = [hdul[0].section for hdul in hdus]
         np.testing.assert_array_equal(
             combine_stack(sections, masks, combine_type="median", bufsize=0.01), expected
+        )
+        # sections share a file handle: read in one thread even when threads are offered
+        np.testing.assert_array_equal(
+            combine_stack(sections, masks, combine_type="median", bufsize=0.01, threads=2),
+            expected,
         )
     finally:
         for hdul in hdus:

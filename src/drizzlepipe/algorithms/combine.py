@@ -94,6 +94,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -863,6 +864,25 @@ _COMBINERS = {
 # --------------------------------------------------------------------------------------------
 
 
+def _combine_section(reader, section, settings, output) -> int:
+    """Combine one row section into ``output``; returns its pixels without a good value."""
+    block = reader.read(section)
+    result = _COMBINERS[settings.base_type](block, settings)
+    if settings.base_type == "sigclip":
+        no_value = np.isnan(result)
+    else:
+        no_value = _empty_pixels(block)
+    n_empty = 0
+    if no_value is not None:
+        if block.rescue is not None:
+            result[no_value] = block.rescue[no_value]
+            no_value &= np.isnan(block.rescue)
+        result[no_value] = settings.fill_value
+        n_empty = int(np.count_nonzero(no_value[section.keep_in_read]))
+    output[section.keep_start : section.keep_stop] = result[section.keep_in_read]
+    return n_empty
+
+
 def combine_stack(
     images: Any,
     masks: Any = None,
@@ -887,6 +907,7 @@ def combine_stack(
     maskpt: float | None = None,
     bufsize: float | None = None,
     return_empty_count: bool = False,
+    threads: int = 1,
 ) -> np.ndarray | CombineResult:
     """Combine N aligned images pixel by pixel (median, minmed, sigma-clipped mean, ...).
 
@@ -941,6 +962,10 @@ def combine_stack(
         not depend on it.
     return_empty_count : bool
         Return a :class:`CombineResult` ``(image, n_empty)`` instead of the image alone.
+    threads : int
+        Threads that combine row sections side by side (numpy releases the GIL) when every
+        input is an in-memory or memory-mapped array; FITS sections are read in one thread.
+        Each section is combined the same way, so results do not depend on it.
 
     Returns
     -------
@@ -998,24 +1023,25 @@ def combine_stack(
     ny, nx = image_stack.shape
     sections = plan_row_sections(ny, nx, bufsize=bufsize, halo=settings.grow)
     capacity = max(section.n_read for section in sections) * nx
-    reader = _BlockReader(image_stack, mask_stack, weight_stack, weight_limits, settings, capacity)
-    combiner = _COMBINERS[settings.base_type]
     output = np.empty((ny, nx), dtype=np.float32)
-    n_empty = 0
-    for section in sections:
-        block = reader.read(section)
-        result = combiner(block, settings)
-        if settings.base_type == "sigclip":
-            no_value = np.isnan(result)
-        else:
-            no_value = _empty_pixels(block)
-        if no_value is not None:
-            if block.rescue is not None:
-                result[no_value] = block.rescue[no_value]
-                no_value &= np.isnan(block.rescue)
-            result[no_value] = settings.fill_value
-            n_empty += int(np.count_nonzero(no_value[section.keep_in_read]))
-        output[section.keep_start : section.keep_stop] = result[section.keep_in_read]
+
+    def combine_sections(chosen):
+        # one reader per thread: it owns the row buffers
+        reader = _BlockReader(
+            image_stack, mask_stack, weight_stack, weight_limits, settings, capacity
+        )
+        return sum(_combine_section(reader, section, settings, output) for section in chosen)
+
+    stacks = [stack for stack in (image_stack, mask_stack, weight_stack) if stack is not None]
+    n_threads = max(1, min(int(threads), len(sections) // 2))
+    if n_threads == 1 or not all(stack.holds_arrays for stack in stacks):
+        n_empty = combine_sections(sections)
+    else:
+        # contiguous runs of sections: each thread reads its inputs' rows in order
+        edges = [round(k * len(sections) / n_threads) for k in range(n_threads + 1)]
+        runs = [sections[a:b] for a, b in zip(edges[:-1], edges[1:])]
+        with ThreadPoolExecutor(n_threads) as pool:
+            n_empty = sum(pool.map(combine_sections, runs))
     if n_empty:
         log.info(
             "%d of %d pixels had no good input value and were set to %s",

@@ -255,6 +255,14 @@ class ImageStack:
         self.n_images = len(items)
         self.shape = shapes[0] if shapes else (0, 0)
 
+    @property
+    def holds_arrays(self) -> bool:
+        """Whether every input is a numpy array (in memory or memory-mapped), which threads
+        may read side by side (a FITS section reads through a shared file handle)."""
+        if self._items is None:
+            return isinstance(self._cube, np.ndarray)
+        return all(item is None or isinstance(item, np.ndarray) for item in self._items)
+
     def is_none(self, index: int) -> bool:
         """Whether input ``index`` is absent (``None``)."""
         return self._items is not None and self._items[index] is None
