@@ -359,3 +359,46 @@ def test_a_task_that_cannot_be_pickled_raises_in_the_caller_and_the_pool_goes_on
             executor.map(_identity, [lock, lock, lock])
         assert executor.map(_identity, [1, 2, 3]) == [1, 2, 3]
         assert executor.map(lambda value: 2 * value, [1, 2]) == [2, 4]  # closures travel
+
+
+def _fail_first_else_sleep(args):
+    index, folder = args
+    if index == 0:
+        raise ValueError("task 0 fails")
+    time.sleep(0.5)
+    (folder / f"{index}.done").touch()
+    return index
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_failing_task_stops_the_process_map_without_running_the_rest(tmp_path, progress):
+    # the first failure is raised once the running tasks end; the queued ones are dropped
+    # (also while the progress bar waits for completions)
+    with Executor("processes", n_workers=2, progress=progress) as executor:
+        with pytest.raises(ValueError, match="task 0 fails"):
+            executor.map(_fail_first_else_sleep, [(k, tmp_path) for k in range(12)])
+        assert len(list(tmp_path.glob("*.done"))) < 11
+        assert executor.map(_identity, [1, 2]) == [1, 2]  # the executor goes on
+
+
+def test_chips_split_between_blot_cr_tasks_give_the_serial_product(small_simulation, monkeypatch):
+    # with 64-row bands the 256-row chips have 4 bands, so the last two chips of the map go to
+    # the two worker processes as two row-range tasks each; serial runs whole chips
+    from drizzlepipe.steps import _tasks, blot_cr
+
+    monkeypatch.setattr(_tasks, "BAND_ROWS", 64)
+    splits = []
+
+    def counting_split(job, parts):
+        tasks = _tasks.split_rows(job, parts)
+        splits.append(len(tasks))
+        return tasks
+
+    monkeypatch.setattr(blot_cr, "split_rows", counting_split)
+    files = [str(p) for p in small_simulation.flt_files]
+    serial = DrizzlePipeline.call(files, scheduler="serial")
+    assert splits == []
+    split = DrizzlePipeline.call(files, scheduler="processes", n_workers=2)
+    assert splits.count(2) == 2 and splits.count(1) == 6
+    for name in ("data", "wht", "err", "con"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(serial, name))

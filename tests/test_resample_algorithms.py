@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -412,15 +413,19 @@ def test_runs_on_given_arrays_handed_back_as_partials_merge_exactly(rng):
         DrizzleAccumulator(out_shape, out_arrays={"img": np.zeros((3, 3), np.float32)})
 
 
+@pytest.mark.parametrize("given", [False, True])
 @pytest.mark.parametrize("threaded", [False, True])
-def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded):
-    """What the final step does with the workers' runs: every partial is received, the first
-    takes the others' sums and context bits into its own arrays (growing its context planes
-    when a later run has more), with the row blocks in one thread or two."""
+def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded, given):
+    """What the final step does with the workers' runs: every partial is received and the
+    first takes the others' sums and context bits into its own arrays, with its row blocks in
+    one thread or two. Partials with all the planes of the inputs (``given``: what the
+    workers' output buffers hold) take the context bits into the first one's planes;
+    otherwise the first run's single plane grows to the second's two."""
     from drizzlepipe.algorithms import resample
 
     monkeypatch.setattr(resample, "_THREADED_COMBINE_PIXELS", 1 if threaded else 2**62)
     monkeypatch.setattr(resample, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(resample, "_COMBINE_BLOCK_PIXELS", 60)  # 2 rows a block: 12 blocks
     out_shape, chip_shape = (24, 30), (8, 10)
     chips, truth = _integer_placed_chips(rng, 40, out_shape, chip_shape)
     values = [rng.normal(10.0, 1.0, chip_shape).astype(np.float32) for _ in chips]
@@ -437,14 +442,44 @@ def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded):
 
     reference = merge_accumulators([run(0, 20), run(20, 40)]).finalize()
     partials = [run(0, 20).partial(), run(20, 40).partial()]
-    assert partials[0].context.shape[0] == 1 and partials[1].context.shape[0] == 2
+    assert [partial.context.shape[0] for partial in partials] == [1, 2]
+    if given:
+        # as received from the workers' output buffers: every plane of each
+        partials = [
+            replace(
+                partial,
+                context=np.concatenate([partial.context, np.zeros_like(partial.context)])[:2],
+            )
+            for partial in partials
+        ]
     first, second = (DrizzleAccumulator.from_partial(p, kernel="square") for p in partials)
     merged = merge_accumulators([first, second]).finalize()
     assert merged.data is partials[0].img  # combined in place
+    if given:
+        assert np.shares_memory(merged.context, partials[0].context)  # ORed into its planes
     for name in ("data", "wht", "err", "context"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(reference, name))
     decoded = np.array([context_contributor_mask(merged.context, k) for k in range(40)])
     assert np.array_equal(decoded, truth)
+
+
+def test_a_partial_on_given_buffers_ships_all_their_context_planes():
+    # chips inside the grid keep drizzle's own numbering: the partial's context is the given
+    # buffer itself, planes for all 40 inputs, so received partials merge into it in place
+    out_shape = (24, 30)
+    given = {name: np.zeros(out_shape, np.float32) for name in ("img", "wht", "var")}
+    given["ctx"] = np.zeros((2, *out_shape), np.int32)
+    accumulator = DrizzleAccumulator(out_shape, n_inputs=40, out_arrays=given)
+    y, x = np.mgrid[0:8, 0:10].astype(np.float64)
+    pixmap = np.dstack([x + 5.0, y + 6.0])
+    ones = np.ones((8, 10), np.float32)
+    for k in range(3):
+        accumulator.add_chip(ones, pixmap, exptime=1.0, variance=ones, context_id=k)
+    partial = accumulator.partial()
+    assert partial.context is given["ctx"] or np.shares_memory(partial.context, given["ctx"])
+    assert partial.context.shape == (2, *out_shape)
+    assert partial.context_ids == (0, 1, 2)
+    assert (partial.context[0, 6:14, 5:15] == 0b111).all() and not partial.context[1].any()
 
 
 def test_merge_of_rotated_chips_and_more_adds_after_merge(rng):

@@ -42,6 +42,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,8 +283,10 @@ def _draw_progress(label, futures, width=40):
         print(line, end="", file=sys.stderr, flush=True)
 
     draw(0)
-    for done, _ in enumerate(as_completed(futures), start=1):
+    for done, future in enumerate(as_completed(futures), start=1):
         draw(done)
+        if future.exception() is not None:
+            break  # the map raises now; no need to wait for the other tasks
     print(file=sys.stderr, flush=True)
 
 
@@ -463,7 +466,8 @@ class Executor:
         through dask cost ~0.3 s the first time (importing its scheduler, while the workers
         waited) and batched ready tasks unless told not to. Results come back in input order;
         the first failure (in input order) is raised as the worker raised it, once the tasks
-        still running have stopped (pending ones are cancelled).
+        the workers have started have stopped (the others are cancelled where the pool still
+        allows it). A pool that broke (a worker died) is not used again.
         """
         # Pickled here, not by the pool's feeder thread: an argument that cannot be pickled
         # raises in this thread (a feeder-thread failure can leave the pool's shutdown
@@ -475,15 +479,20 @@ class Executor:
         ]
         pool = self._process_pool()
         futures = []
+        broken = False
         try:
-            futures = [pool.submit(_run_pickled, payload) for payload in payloads]
+            for payload in payloads:
+                futures.append(pool.submit(_run_pickled, payload))
             if self._wants_progress(len(items)):
                 _draw_progress(label, futures)
             return [future.result() for future in futures]
+        except BrokenProcessPool:
+            broken = True
+            raise
         finally:
             for future in futures:
                 future.cancel()
-            if self.inherits:
+            if self.inherits or broken:
                 # Forked workers see the objects shared before they were forked, and they
                 # keep the parent's memory as it was then: none outlives its map.
                 self._close_pool()

@@ -962,10 +962,10 @@ def combine_stack(
         not depend on it.
     return_empty_count : bool
         Return a :class:`CombineResult` ``(image, n_empty)`` instead of the image alone.
-    threads : int
+    threads : int or None
         Threads that combine row sections side by side (numpy releases the GIL) when every
         input is an in-memory or memory-mapped array; FITS sections are read in one thread.
-        Each section is combined the same way, so results do not depend on it.
+        Each section is combined the same way, so results do not depend on it (None: 1).
 
     Returns
     -------
@@ -1033,7 +1033,7 @@ def combine_stack(
         return sum(_combine_section(reader, section, settings, output) for section in chosen)
 
     stacks = [stack for stack in (image_stack, mask_stack, weight_stack) if stack is not None]
-    n_threads = max(1, min(int(threads), len(sections) // 2))
+    n_threads = max(1, min(int(threads or 1), len(sections) // 2))
     if n_threads == 1 or not all(stack.holds_arrays for stack in stacks):
         n_empty = combine_sections(sections)
     else:

@@ -154,8 +154,10 @@ _TOUCH_TOLERANCE = 1e-6
 _MAX_WEIGHT_WITH_ERR = 1e18
 # Pixels per block when combining partial results, so that float64 temporaries stay in cache.
 _COMBINE_BLOCK_PIXELS = 2**16
-# Regions of at least this many pixels are combined in two threads (a whole-grid merge).
+# A merge of partial accumulations (the main process, after the workers' runs) combines
+# regions of at least this many pixels in up to _MERGE_THREADS threads.
 _THREADED_COMBINE_PIXELS = 2**22
+_MERGE_THREADS = 2
 
 
 def _usable_cores() -> int:
@@ -918,12 +920,13 @@ class DrizzleAccumulator:
             # weights that is where the chip's total weight is positive (lanczos lobes aside)
             self._set_context_bit(context_id, main, sub_wht[part] > 0)
 
-    def _combine(self, region, img, wht, var) -> None:
+    def _combine(self, region, img, wht, var, threads: int = 1) -> None:
         """Combine a partial (mean, weight, variance) into ``region`` of the output, exactly.
 
-        Worked in blocks of rows so the float64 temporaries stay in cache; a large region (a
-        whole-grid merge) in two threads, half of the blocks each (numpy releases the GIL;
-        every pixel is computed the same way, so the result does not depend on it).
+        Worked in blocks of rows so the float64 temporaries stay in cache; with ``threads``
+        > 1 (a merge in the main process) a large region is shared by up to that many threads
+        (numpy releases the GIL; every pixel is computed the same way, so the result does not
+        depend on it).
         """
         rows, cols = region
         n_rows = rows.stop - rows.start
@@ -935,11 +938,12 @@ class DrizzleAccumulator:
                 self._combine_block(rows, cols, first, min(n_rows, first + step), img, wht, var)
 
         n_pixels = n_rows * (cols.stop - cols.start)
-        if n_pixels < _THREADED_COMBINE_PIXELS or _usable_cores() < 2:
+        threads = min(int(threads), _usable_cores(), len(firsts))
+        if n_pixels < _THREADED_COMBINE_PIXELS or threads < 2:
             combine_blocks(firsts)
             return
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(combine_blocks, (firsts[0::2], firsts[1::2])))
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(combine_blocks, (firsts[k::threads] for k in range(threads))))
 
     def _combine_block(self, rows, cols, first, last, img, wht, var) -> None:
         """Rows ``first:last`` of the region (see :meth:`_combine`)."""
@@ -1015,6 +1019,17 @@ class DrizzleAccumulator:
 
     # -- context bookkeeping -----------------------------------------------------------------
 
+    def _context_as_is(self) -> np.ndarray | None:
+        """The context array, with all its planes, when its bits are already in global
+        numbering (a received partial, or chips numbered as drizzle numbers them); else None."""
+        if not self._enable_context:
+            return None
+        if self._driz is None:
+            return None if self._members else self._global_context
+        if self._global_context is None and all(m.local_id == m.context_id for m in self._members):
+            return self._driz.out_ctx
+        return None
+
     def _context_in_global_ids(self) -> np.ndarray | None:
         """Context planes indexed by context id (a view of drizzle's array when possible).
 
@@ -1022,17 +1037,13 @@ class DrizzleAccumulator:
         object; chips given other ids (partial accumulations) are moved to their own bit here,
         within the output box they can touch.
         """
+        n_planes = (max(self._ids) // CONTEXT_PLANE_BITS + 1) if self._ids else 1
+        whole = self._context_as_is()
+        if whole is not None and whole.shape[0] >= n_planes:
+            return whole[:n_planes]
         if not self._enable_context:
             return None
         local = self._driz.out_ctx if self._driz is not None else None
-        n_planes = (max(self._ids) // CONTEXT_PLANE_BITS + 1) if self._ids else 1
-        if local is None and not self._members and self._global_context is not None:
-            if self._global_context.shape[0] >= n_planes:
-                # a received partial: its context is all in global numbering already
-                return self._global_context[:n_planes]
-        if self._global_context is None and all(m.local_id == m.context_id for m in self._members):
-            if local.shape[0] >= n_planes:
-                return local[:n_planes]
 
         result = np.zeros((n_planes, *self._shape), dtype=np.int32)
         if self._global_context is not None:
@@ -1061,11 +1072,14 @@ class DrizzleAccumulator:
         """The sums so far (the accumulator's own arrays, no copies), for :meth:`from_partial`
         elsewhere: how a worker hands its accumulation back."""
         self._check_open()
+        # all the planes of an array already in global numbering (a worker's output buffer is
+        # sized for every input): received partials then merge into their own planes
+        context = self._context_as_is()
         return PartialDrizzle(
             img=self._img,
             wht=self._wht,
             var=self._var,
-            context=self._context_in_global_ids(),
+            context=context if context is not None else self._context_in_global_ids(),
             context_ids=self.context_ids,
         )
 
@@ -1131,6 +1145,7 @@ class DrizzleAccumulator:
             other._img,
             other._wht,
             other._var if self._enable_err else None,
+            threads=_MERGE_THREADS,
         )
 
         if self._enable_context and self._driz is None:
