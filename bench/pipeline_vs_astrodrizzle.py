@@ -58,9 +58,15 @@ saturated (DQ 256) pixel; the false-flag rate is the fraction of them flagged. A
 flags are the DQ 4096 bits it writes into its input copies, ours those of the ``_crmask``
 (or ``_crf``) files.
 
+Repeats: this VM's speed moves by +-20% within minutes (once, our final's chips took 1.5x their
+usual time while AstroDrizzle's final, run a minute earlier, took 1.1x its). ``--repeat N`` runs
+both pipelines N times, alternating which goes first, prints each run's totals and per-step
+ratios, and reports per-step medians (peak memory: the largest) in the tables and target
+verdicts.
+
 Usage::
 
-    .venv/bin/python bench/pipeline_vs_astrodrizzle.py [--reuse] [--exposures 4] \\
+    .venv/bin/python bench/pipeline_vs_astrodrizzle.py [--reuse] [--repeat 3] [--exposures 4] \\
         [--shape 2051 4096] [--workdir bench/output/pipeline] [--peer-python .venv-peers/bin/python]
 """
 
@@ -71,10 +77,11 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -589,6 +596,49 @@ def _verdict(ok):
     return "met" if ok else "MISSED"
 
 
+def median_run(runs):
+    """The last of ``runs`` with every time replaced by its median over the runs (each step
+    on its own) and the peak memory by the largest."""
+    steps = {name for run in runs for name in run.step_s}
+    step_s = {
+        name: statistics.median(run.step_s[name] for run in runs if name in run.step_s)
+        for name in steps
+    }
+    return replace(
+        runs[-1],
+        total_s=statistics.median(run.total_s for run in runs),
+        process_wall_s=statistics.median(run.process_wall_s for run in runs),
+        step_s=step_s,
+        peak_rss_mib=max(run.peak_rss_mib for run in runs),
+    )
+
+
+#: Per-run ratios printed with --repeat: label, our steps, AstroDrizzle's steps, target ratio.
+REPEAT_COLUMNS = (
+    ("driz_separate", ("driz_separate",), ("driz_separate",), 2.0),
+    ("blot_cr", ("blot_cr",), ("blot", "driz_cr"), 3.0),
+    ("final", ("driz_final",), ("final",), 2.0),
+)
+
+
+def print_repeats(pairs):
+    """One line per repeat: order, totals and the per-step ratios the issues set targets for."""
+    print(f"\n{len(pairs)} runs of each (AD/ours; the report below uses per-step medians):")
+    header = f"{'run':<5}{'first':<15}{'ours s':>8}{'AD s':>8}{'total':>8}"
+    print(header + "".join(f"{label:>15}" for label, *_ in REPEAT_COLUMNS))
+    for number, (ours_first, ours, peer) in enumerate(pairs, start=1):
+        cells = []
+        for _, ours_names, ad_names, target in REPEAT_COLUMNS:
+            ratio = _sum(peer.step_s, ad_names) / _sum(ours.step_s, ours_names)
+            cells.append(f"{ratio:>13.2f}{'' if ratio >= target else ' !':<2}")
+        first = "drizzlepipe" if ours_first else "AstroDrizzle"
+        print(
+            f"{number:<5}{first:<15}{ours.total_s:>8.2f}{peer.total_s:>8.2f}"
+            f"{peer.total_s / ours.total_s:>8.2f}" + "".join(cells)
+        )
+    print("('!': below the issue's ratio in that run)")
+
+
 def print_report(ours, peer, scores, agreement, skies, sky_method, grid):
     rows = [
         (label, _sum(ours.step_s, ours_names), _sum(peer.step_s, ad_names))
@@ -708,6 +758,13 @@ def main(argv=None):
         "--ours-first", action="store_true", help="run drizzlepipe before AstroDrizzle"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run both pipelines this many times, alternating which goes first, and report "
+        "per-step medians (this VM's speed moves by +-20%% within minutes)",
+    )
+    parser.add_argument(
         "--ours-crf",
         action="store_true",
         help="drizzlepipe writes _crf copies of the exposures (default: _crmask files)",
@@ -777,11 +834,19 @@ def main(argv=None):
         return run
 
     # Which runs first matters on a VM whose fresh memory pages are slow: the second run
-    # gets pages the first one just gave back (--ours-first swaps the order).
-    if args.ours_first:
-        ours, peer = drizzlepipe(), astrodrizzle()
-    else:
-        peer, ours = astrodrizzle(), drizzlepipe()
+    # gets pages the first one just gave back (--ours-first swaps the order; repeats
+    # alternate it).
+    pairs = []
+    for repeat in range(max(1, args.repeat)):
+        ours_first = args.ours_first != (repeat % 2 == 1)
+        if ours_first:
+            ours, peer = drizzlepipe(), astrodrizzle()
+        else:
+            peer, ours = astrodrizzle(), drizzlepipe()
+        pairs.append((ours_first, ours, peer))
+    if len(pairs) > 1:
+        print_repeats(pairs)
+        ours, peer = median_run([o for _, o, _ in pairs]), median_run([p for _, _, p in pairs])
 
     ours_dir = Path(ours.output_dir)
 
@@ -813,6 +878,14 @@ def main(argv=None):
         "drizzlepipe_in_memory": not args.ours_on_disk,
         "drizzlepipe_scheduler": args.scheduler,
         "order": "drizzlepipe first" if args.ours_first else "AstroDrizzle first",
+        "repeats": [
+            {
+                "order": "drizzlepipe first" if first else "AstroDrizzle first",
+                "drizzlepipe": {"total_s": o.total_s, "step_s": o.step_s},
+                "astrodrizzle": {"total_s": p.total_s, "step_s": p.step_s},
+            }
+            for first, o, p in pairs
+        ],
         "astrodrizzle_parameters": pars,
         "drizzlepipe_steps": drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
         "drizzlepipe": asdict(ours),

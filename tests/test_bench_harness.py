@@ -293,3 +293,45 @@ def test_run_astrodrizzle_on_two_small_uvis_exposures(tmp_path, rng):
                 # Pure noise rarely passes driz_cr's 3.5-sigma and neighbour tests; the upper
                 # bound (a full 3x3 per hit) leaves room for a few such false flags.
                 assert len(positions) <= flagged.sum() <= 9 * len(positions)
+
+
+def _load_pipeline_bench():
+    path = HARNESS_PATH.parent / "pipeline_vs_astrodrizzle.py"
+    spec = importlib.util.spec_from_file_location("pipeline_vs_astrodrizzle", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pipeline_vs_astrodrizzle"] = module
+    spec.loader.exec_module(module)  # finds _harness in sys.modules
+    return module
+
+
+def test_repeated_runs_report_per_step_medians_and_the_largest_peak(capsys):
+    bench = _load_pipeline_bench()
+
+    def ours(total, separate, blot, final, peak):
+        steps = {"driz_separate": separate, "blot_cr": blot, "driz_final": final}
+        return bench.OursRun(total, total + 1, 1.0, steps, peak, 130.0, peak, peak, "out", "log")
+
+    def peer(total, separate, blot, final):
+        steps = {"driz_separate": separate, "blot": blot, "driz_cr": 1.0, "final": final}
+        return harness.AstroDrizzleRun(
+            total_s=total, process_wall_s=total + 2, step_s=steps, step_status={},
+            log_total_s=total, peak_rss_mib=1400.0, baseline_rss_mib=260.0, maxrss_mib=1400.0,
+            polled_peak_rss_mib=1400.0, workdir=Path("ad"), log_path=Path("ad.log"),
+            input_copies=[],
+        )  # fmt: skip
+
+    pairs = [
+        (False, ours(20.0, 3.0, 6.0, 5.0, 2000.0), peer(50.0, 6.0, 16.0, 12.0)),
+        (True, ours(18.0, 2.0, 5.0, 7.0, 2100.0), peer(56.0, 5.0, 17.0, 13.0)),
+        (False, ours(30.0, 2.5, 9.0, 6.0, 1900.0), peer(54.0, 7.0, 15.0, 14.0)),
+    ]
+    median = bench.median_run([o for _, o, _ in pairs])
+    assert median.total_s == 20.0 and median.peak_rss_mib == 2100.0
+    assert median.step_s == {"driz_separate": 2.5, "blot_cr": 6.0, "driz_final": 6.0}
+    assert bench.median_run([p for _, _, p in pairs]).step_s["final"] == 13.0
+    bench.print_repeats(pairs)
+    lines = capsys.readouterr().out.splitlines()
+    run_two = next(line for line in lines if line.startswith("2 "))
+    # run 2: driz_separate 5/2 = 2.50, blot_cr 18/5 = 3.60, final 13/7 = 1.86 (below 2: marked)
+    assert "drizzlepipe" in run_two and "2.50" in run_two and "3.60" in run_two
+    assert run_two.rstrip().endswith("1.86 !")
