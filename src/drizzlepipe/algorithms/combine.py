@@ -964,7 +964,7 @@ def combine_stack(
         Return a :class:`CombineResult` ``(image, n_empty)`` instead of the image alone.
     threads : int or None
         Threads that combine row sections side by side (numpy releases the GIL) when every
-        input is an in-memory or memory-mapped array; FITS sections are read in one thread.
+        input is an in-memory array; memory maps and FITS sections are read in one thread.
         Each section is combined the same way, so results do not depend on it (None: 1).
 
     Returns
