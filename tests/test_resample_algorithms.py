@@ -423,9 +423,17 @@ def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded, gi
     otherwise the first run's single plane grows to the second's two."""
     from drizzlepipe.algorithms import resample
 
-    monkeypatch.setattr(resample, "_THREADED_COMBINE_PIXELS", 1 if threaded else 2**62)
-    monkeypatch.setattr(resample, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(resample, "_THREADED_COMBINE_PIXELS", 1)  # any region may be shared
     monkeypatch.setattr(resample, "_COMBINE_BLOCK_PIXELS", 60)  # 2 rows a block: 12 blocks
+    threads = 2 if threaded else 1
+    pools = []
+
+    class CountingPool(resample.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(resample, "ThreadPoolExecutor", CountingPool)
     out_shape, chip_shape = (24, 30), (8, 10)
     chips, truth = _integer_placed_chips(rng, 40, out_shape, chip_shape)
     values = [rng.normal(10.0, 1.0, chip_shape).astype(np.float32) for _ in chips]
@@ -453,7 +461,8 @@ def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded, gi
             for partial in partials
         ]
     first, second = (DrizzleAccumulator.from_partial(p, kernel="square") for p in partials)
-    merged = merge_accumulators([first, second]).finalize()
+    merged = merge_accumulators([first, second], threads=threads).finalize()
+    assert pools == ([2] if threaded else [])  # the rows really were shared out, or not
     assert merged.data is partials[0].img  # combined in place
     if given:
         assert np.shares_memory(merged.context, partials[0].context)  # ORed into its planes

@@ -91,7 +91,6 @@ Differences from AstroDrizzle
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,17 +153,8 @@ _TOUCH_TOLERANCE = 1e-6
 _MAX_WEIGHT_WITH_ERR = 1e18
 # Pixels per block when combining partial results, so that float64 temporaries stay in cache.
 _COMBINE_BLOCK_PIXELS = 2**16
-# A merge of partial accumulations (the main process, after the workers' runs) combines
-# regions of at least this many pixels in up to _MERGE_THREADS threads.
+# A merge given several threads shares out regions of at least this many pixels.
 _THREADED_COMBINE_PIXELS = 2**22
-_MERGE_THREADS = 2
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class ResampleInputError(DrizzlepipeInputError):
@@ -938,7 +928,7 @@ class DrizzleAccumulator:
                 self._combine_block(rows, cols, first, min(n_rows, first + step), img, wht, var)
 
         n_pixels = n_rows * (cols.stop - cols.start)
-        threads = min(int(threads), _usable_cores(), len(firsts))
+        threads = min(max(int(threads or 1), 1), len(firsts))
         if n_pixels < _THREADED_COMBINE_PIXELS or threads < 2:
             combine_blocks(firsts)
             return
@@ -1106,13 +1096,15 @@ class DrizzleAccumulator:
 
     # -- merging -----------------------------------------------------------------------------
 
-    def merge(self, other: DrizzleAccumulator) -> DrizzleAccumulator:
+    def merge(self, other: DrizzleAccumulator, threads: int = 1) -> DrizzleAccumulator:
         """Add another accumulator's chips to this one, exactly (``other`` is not modified).
 
         Parameters
         ----------
         other : DrizzleAccumulator
             Same output shape, kernel, error/context switches; disjoint context ids.
+        threads : int
+            Threads that share the rows of a large output (the result does not depend on it).
 
         Returns
         -------
@@ -1145,7 +1137,7 @@ class DrizzleAccumulator:
             other._img,
             other._wht,
             other._var if self._enable_err else None,
-            threads=_MERGE_THREADS,
+            threads=threads,
         )
 
         if self._enable_context and self._driz is None:
@@ -1196,13 +1188,17 @@ class DrizzleAccumulator:
         )
 
 
-def merge_accumulators(accumulators: Iterable[DrizzleAccumulator]) -> DrizzleAccumulator:
+def merge_accumulators(
+    accumulators: Iterable[DrizzleAccumulator], threads: int = 1
+) -> DrizzleAccumulator:
     """Merge partial accumulations into the first one (see :meth:`DrizzleAccumulator.merge`).
 
     Parameters
     ----------
     accumulators : iterable of DrizzleAccumulator
         At least one; all on the same grid with the same kernel and switches.
+    threads : int
+        Threads for each merge (see :meth:`DrizzleAccumulator.merge`).
 
     Returns
     -------
@@ -1214,5 +1210,5 @@ def merge_accumulators(accumulators: Iterable[DrizzleAccumulator]) -> DrizzleAcc
         raise ValueError("no accumulators to merge")
     first = accumulators[0]
     for other in accumulators[1:]:
-        first.merge(other)
+        first.merge(other, threads=threads)
     return first

@@ -113,7 +113,8 @@ class DrizFinalStep(DrizStep):
         ]
         if not partials:
             raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
-        product = merge_accumulators(partials).finalize()
+        # the runs' sums merged here, their rows shared by this step's threads
+        product = merge_accumulators(partials, threads=self.thread_count(limit=4)).finalize()
         used = {group for label, group in zip(labels, groups) if label in added}
         exposures = {group: times for group, times in exposures.items() if group in used}
         # context-bit order: bit i is chip i of the library
