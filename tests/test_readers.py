@@ -12,7 +12,7 @@ from astropy.wcs import WCS
 
 import drizzlepipe.datamodels as dm
 from drizzlepipe.datamodels import ImageModel
-from drizzlepipe.datamodels.readers.hst import readout_direction
+from drizzlepipe.datamodels.readers.instruments import readout_direction
 from fitsfactory import make_hst_flt, make_jwst_cal, make_plain_fits
 
 

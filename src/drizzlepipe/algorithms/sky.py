@@ -140,8 +140,9 @@ class SkyMatchError(DrizzlepipeError):
 
 
 def brightness_factor(
-    pixel_scale: float, exptime: float, in_counts: bool, per_area: bool = False
-) -> float:
+    pixel_scale: float, exptime: float, in_counts: bool, per_area: bool = False,
+    gain: float = 1.0,
+) -> float:  # fmt: skip
     """Factor converting data values per pixel into brightness (per arcsec^2 [per s]).
 
     Parameters
@@ -156,15 +157,21 @@ def brightness_factor(
     per_area : bool
         True when data are already per unit sky area (surface brightness such as MJy/sr):
         no pixel-area factor then.
+    gain : float
+        Electrons per data unit (the gain for data in DN, else 1): chips in DN with different
+        gains are compared in electrons.
 
     Returns
     -------
     float
-        ``1 / pixel_scale**2`` (1 when ``per_area``), divided by ``exptime`` when ``in_counts``.
+        ``gain / pixel_scale**2`` (``gain`` when ``per_area``), divided by ``exptime`` when
+        ``in_counts``.
     """
     if not (math.isfinite(pixel_scale) and pixel_scale > 0):
         raise ValueError(f"pixel scale must be a positive number of arcsec, got {pixel_scale!r}")
-    factor = 1.0 if per_area else 1.0 / pixel_scale**2
+    if not (math.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive number of electrons per unit, got {gain!r}")
+    factor = gain if per_area else gain / pixel_scale**2
     if in_counts:
         if not (math.isfinite(exptime) and exptime > 0):
             raise ValueError(
@@ -199,6 +206,8 @@ class SkyChip:
         Label used in reports and error messages.
     per_area : bool
         Data are surface brightness (per unit sky area, e.g. MJy/sr): no pixel-area factor.
+    gain : float
+        Electrons per data unit (the gain of data in DN; 1 for electrons or surface brightness).
     """
 
     data: np.ndarray
@@ -210,6 +219,7 @@ class SkyChip:
     mask: np.ndarray | None = None
     name: str = ""
     per_area: bool = False
+    gain: float = 1.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -219,7 +229,9 @@ class SkyChip:
     @property
     def brightness_factor(self) -> float:
         """Data per pixel -> brightness factor, see :func:`brightness_factor`."""
-        return brightness_factor(self.pixel_scale, self.exptime, self.in_counts, self.per_area)
+        return brightness_factor(
+            self.pixel_scale, self.exptime, self.in_counts, self.per_area, self.gain
+        )
 
     def label(self, index: int) -> str:
         """Name for messages: ``name`` or the chip's position in the input."""

@@ -88,6 +88,7 @@ __all__ = [
     "LabelledSample",
     "imagestats",
     "union_imagestats",
+    "usable_pixel_count",
 ]
 
 #: Statistics :func:`imagestats` can report.
@@ -1126,3 +1127,23 @@ def union_imagestats(
         binwidth=binwidth,
         wanted=wanted,
     )
+
+
+def usable_pixel_count(data: np.ndarray, bad_mask: np.ndarray | None = None) -> int:
+    """Number of pixels that can contribute to a product: finite and not masked.
+
+    Parameters
+    ----------
+    data : ndarray
+        Image values (any units).
+    bad_mask : ndarray of bool, optional
+        True = bad pixel (the package's mask convention), same shape as ``data``.
+
+    Returns
+    -------
+    int
+    """
+    usable = np.isfinite(data)
+    if bad_mask is not None:
+        usable &= ~np.asarray(bad_mask, dtype=bool)
+    return int(np.count_nonzero(usable))

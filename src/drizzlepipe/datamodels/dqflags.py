@@ -18,6 +18,7 @@ __all__ = [
     "interpret_good_bits",
     "bad_pixel_mask",
     "default_crbit",
+    "resetbits_value",
 ]
 
 #: HST (ACS/WFC3/STIS) DQ bits, from the instrument handbooks' DQ tables.
@@ -88,6 +89,31 @@ def default_crbit(convention):
     if convention == "jwst":
         return JWST_FLAGS["OUTLIER"] | JWST_FLAGS["DO_NOT_USE"]
     return HST_FLAGS["CR"]
+
+
+def resetbits_value(resetbits, convention="hst"):
+    """The DQ bits to clear before processing (AstroDrizzle's ``resetbits``), as an int.
+
+    Parameters
+    ----------
+    resetbits : int, str or None
+        ``"auto"``: the cosmic-ray bit an earlier drizzle run left (4096) for HST-convention
+        data, nothing for JWST data (whose 4096 is WARM and whose OUTLIER flags are not
+        ours to drop); None, ``"0"`` or ``"none"``: nothing; else bits as ``"4096+8192"`` or
+        flag names of ``convention``.
+    convention : str
+        ``"hst"`` or ``"jwst"``.
+
+    Returns
+    -------
+    int
+    """
+    if resetbits is None:
+        return 0
+    if isinstance(resetbits, str) and resetbits.strip().lower() == "auto":
+        return 0 if convention == "jwst" else HST_FLAGS["CR"]
+    bits = interpret_good_bits(resetbits, convention)
+    return int(bits or 0)
 
 
 def interpret_good_bits(good_bits, convention="hst"):

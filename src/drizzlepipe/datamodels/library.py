@@ -1,18 +1,17 @@
 """Step inputs -> a :class:`ModelLibrary` of chips, grouped by exposure.
 
 Accepted inputs: a single file, a Python list (of files or models), a glob pattern
-(``'*flt.fits'``), an ``@file`` list (one name per line, ``#`` comments), or an association
-JSON in the JWST layout (``products[0].name``, ``members[].expname``, ``exptype``). Every
-multi-chip exposure is expanded into one member per SCI extension (``file.fits[SCI,n]``), and
-its chips share a ``group_id``. With ``on_disk=True`` (the pipeline's ``in_memory=False``)
-models are kept as ASDF files in a temporary directory and only borrowed ones are in RAM.
+(``'*flt.fits'``), an ``@file`` list (one name per line, ``#`` comments), an association JSON
+in the JWST layout or an HST ``_asn.fits`` table (see :mod:`.association`, which also decides
+exposure identity). Every multi-chip exposure is expanded into one member per SCI extension
+(``file.fits[SCI,n]``), and its chips share a ``group_id``. With ``on_disk=True`` (the
+pipeline's ``in_memory=False``) models are kept as ASDF files in a temporary directory and only
+borrowed ones are in RAM.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,154 +26,19 @@ from stpipe.step import Step as StpipeStep
 
 from ..exceptions import DrizzlepipeInputError
 from ._atomic import atomic_target
+from .association import (
+    build_association,
+    check_exposures,
+    load_association,
+    model_records,
+    resolve_input_files,
+)
 from .models import DrizDataModel, ImageModel
-from .readers import chip_members, convert_jwst_model, open_path, split_selector
+from .readers import convert_jwst_model, open_path, split_selector
+from .readers._common import clear_bits
+from .units import electrons_per_unit
 
 __all__ = ["ModelLibrary", "build_association", "resolve_input_files"]
-
-_GLOB_CHARS = set("*?[")
-
-
-def _is_glob(text):
-    # "file.fits[SCI,2]" is a chip selector, not a glob.
-    path, selector = split_selector(text)
-    return selector is None and bool(_GLOB_CHARS & set(text))
-
-
-def _read_list_file(list_path):
-    list_path = Path(list_path)
-    if not list_path.is_file():
-        raise DrizzlepipeInputError(list_path, "@-list file not found")
-    names = []
-    for line in list_path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name = line.split()[0]
-            names.append(name if os.path.isabs(name) else str(list_path.parent / name))
-    if not names:
-        raise DrizzlepipeInputError(list_path, "@-list file names no inputs")
-    return names
-
-
-def _load_association(asn_path):
-    asn_path = Path(asn_path)
-    if not asn_path.is_file():
-        raise DrizzlepipeInputError(asn_path, "association file not found")
-    try:
-        asn = json.loads(asn_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DrizzlepipeInputError(asn_path, f"not a valid association JSON ({exc})") from None
-    products = asn.get("products") if isinstance(asn, Mapping) else None
-    if not products or not isinstance(products, list) or "members" not in products[0]:
-        raise DrizzlepipeInputError(asn_path, "association has no products[0].members")
-    return asn
-
-
-def resolve_input_files(init):
-    """Expand a file name, glob, ``@list`` or list of names into a list of paths.
-
-    Parameters
-    ----------
-    init : str, Path or list of str/Path
-        What the user gave.
-
-    Returns
-    -------
-    list of str
-        Paths (possibly with ``[SCI,n]`` selectors), in the user's order (globs sorted).
-    """
-    if isinstance(init, (str, Path)):
-        items = [init]
-    else:
-        items = list(init)
-    names = []
-    for item in items:
-        text = str(item)
-        if text.startswith("@"):
-            names.extend(_read_list_file(text[1:]))
-        elif _is_glob(text):
-            matches = sorted(glob.glob(text))
-            if not matches:
-                raise DrizzlepipeInputError(text, "glob pattern matches no files")
-            names.extend(matches)
-        else:
-            names.append(text)
-    return names
-
-
-def _expand_members(names, base_dir=None):
-    """Chip members (``expname``, ``group_id``) for file names; duplicates are an error."""
-    members, seen = [], {}
-    for name in names:
-        path, selector = split_selector(name)
-        if base_dir is not None and not path.is_absolute():
-            path = Path(base_dir) / path
-        path = path.resolve()
-        if selector is not None:
-            if not path.exists():
-                raise DrizzlepipeInputError(path, "file not found")
-            chips = [(f"{path}[{selector[0]},{selector[1]}]", None)]
-        else:
-            chips = chip_members(path)
-        for expname, group_id in chips:
-            if expname in seen or str(path) in seen:
-                first = seen.get(expname, seen.get(str(path)))
-                raise DrizzlepipeInputError(path, f"duplicate input (also given as {first})")
-            seen[expname] = name
-            members.append({"expname": expname, "exptype": "science", "group_id": group_id})
-        seen[str(path)] = name
-    return members
-
-
-def build_association(init):
-    """Build a chip-level association dict from any accepted input form.
-
-    Parameters
-    ----------
-    init : str, Path, or list of str/Path
-        Association JSON, single file, glob, ``@list`` or list of names.
-
-    Returns
-    -------
-    dict
-        ``{"products": [{"name": ..., "members": [...]}], "table_name": ...}`` with one
-        science member per chip and ``group_id`` set (the exposure's rootname or file stem).
-    """
-    if isinstance(init, (str, Path)) and str(init).lower().endswith(".json"):
-        asn_path = Path(init).resolve()
-        asn = _load_association(asn_path)
-        product = asn["products"][0]
-        science = [
-            m for m in product["members"] if str(m.get("exptype", "science")).lower() == "science"
-        ]
-        if not science:
-            raise DrizzlepipeInputError(asn_path, "association has no science members")
-        for member in science:
-            if "expname" not in member:
-                raise DrizzlepipeInputError(asn_path, f"member without expname: {member}")
-            member_path, _ = split_selector(member["expname"])
-            if not member_path.is_absolute():
-                member_path = asn_path.parent / member_path
-            if not member_path.exists():
-                raise DrizzlepipeInputError(
-                    asn_path, f"association member {member['expname']!r} not found ({member_path})"
-                )
-        members = _expand_members([m["expname"] for m in science], base_dir=asn_path.parent)
-        name, table_name = product.get("name"), asn_path.name
-    else:
-        names = resolve_input_files(init)
-        if not names:
-            raise DrizzlepipeInputError(None, "no inputs given")
-        members = _expand_members(names)
-        name, table_name = None, Path(split_selector(names[0])[0]).name
-    for index, member in enumerate(members):
-        if member["group_id"] is None:
-            path = Path(split_selector(member["expname"])[0])
-            member["group_id"] = path.name.rsplit(".", 1)[0] or f"exposure{index + 1:04d}"
-    product = {"members": members}
-    if name:
-        product["name"] = name
-    return {"products": [product], "table_name": table_name}
 
 
 class ModelLibrary(AbstractModelLibrary):
@@ -188,20 +52,27 @@ class ModelLibrary(AbstractModelLibrary):
         Keep shelved models as temporary ASDF files instead of in memory.
     temp_directory : str or Path, optional
         Where the temporary files go (default: a new directory in the working directory).
+    allow_mixed : bool
+        Accept inputs of different instruments or filters (warned) instead of refusing them.
+    **open_kwargs
+        Reader options for every chip: ``units``, ``exptime``, ``gain``, ``readnoise``,
+        ``resetbits`` (see :func:`~drizzlepipe.datamodels.readers.open_path`).
     """
 
-    def __init__(self, init, *, on_disk=False, temp_directory=None, **open_kwargs):
+    def __init__(self, init, *, on_disk=False, temp_directory=None, allow_mixed=False,
+                 **open_kwargs):  # fmt: skip
         if isinstance(init, Mapping):
             asn = dict(init)
         elif _is_model_list(init):
-            models = _flatten_models(init)
+            models = _flatten_models(init, open_kwargs.get("resetbits"))
             if not models:
                 raise DrizzlepipeInputError(None, "empty list of models")
+            check_exposures(model_records(models), allow_mixed=allow_mixed)
             super().__init__(models, on_disk=False, **open_kwargs)
             self._product_name = None
             return
         else:
-            asn = build_association(init)
+            asn = build_association(init, allow_mixed=allow_mixed, options=open_kwargs)
         super().__init__(asn, on_disk=on_disk, temp_directory=temp_directory, **open_kwargs)
         self._product_name = asn["products"][0].get("name")
 
@@ -209,6 +80,56 @@ class ModelLibrary(AbstractModelLibrary):
     def product_name(self):
         """The association's product name (``products[0].name``), or None."""
         return self._product_name
+
+    @property
+    def file_groups(self):
+        """Chip indices in sets that hold whole files and whole exposures: the units in which
+        copies of the inputs (``_crf``, ``_sky``) are written. One exposure each, except where
+        a file holds several exposures (STIS imsets), whose chips then go together."""
+        unit_of, units = {}, []
+        for indices in self.group_indices.values():
+            files = {self.member_file(i) for i in indices}
+            joined = {unit_of[f] for f in files if f in unit_of}
+            unit = min(joined) if joined else len(units)
+            if not joined:
+                units.append([])
+            for other in sorted(joined - {unit}, reverse=True):
+                units[unit].extend(units[other])
+                units[other] = []
+            units[unit].extend(indices)
+            for i in units[unit]:
+                unit_of[self.member_file(i)] = unit
+        return [sorted(unit) for unit in units if unit]
+
+    def member_file(self, index):
+        """The file chip ``index`` comes from (its association member without selector)."""
+        return str(split_selector(self._members[index]["expname"])[0])
+
+    def subset(self, indices):
+        """A new library of the chips ``indices`` (in that order), with the same reader options
+        and storage; in memory, chips already read are handed over, not read again. On disk
+        the new library starts from the inputs: call it before any step changes the chips."""
+        indices = [int(i) for i in indices]
+        if self._ledger:
+            raise RuntimeError("subset needs every borrowed chip shelved first")
+        if getattr(self, "_asn_dir", None) is None:  # a library of in-memory models
+            with self:
+                models = [self.borrow(i) for i in indices]
+                for model, index in zip(models, indices):
+                    self.shelve(model, index, modify=False)
+            return ModelLibrary(models, **self._datamodels_open_kwargs)
+        asn = {key: value for key, value in self._asn.items() if key != "products"}
+        product = {k: v for k, v in self._asn["products"][0].items() if k != "members"}
+        product["members"] = [dict(self._members[i]) for i in indices]
+        asn["products"] = [product]
+        options = dict(self._datamodels_open_kwargs)
+        library = ModelLibrary(asn, on_disk=self.on_disk, **options)
+        library._product_name = self._product_name
+        if not self.on_disk:
+            for new, old in enumerate(indices):
+                if old in self._loaded_models:
+                    library._loaded_models[new] = self._loaded_models[old]
+        return library
 
     @property
     def on_disk(self):
@@ -262,7 +183,7 @@ class ModelLibrary(AbstractModelLibrary):
 
     @classmethod
     def _load_asn(cls, filename):
-        return _load_association(filename)
+        return load_association(filename)
 
     def _filename_to_group_id(self, filename):
         raise NoGroupID(f"{filename}: group_id is assigned when the library is built")
@@ -358,6 +279,12 @@ class ChipInfo:
     sky: float | None
     sky_subtracted: bool
     cr_npix: int | None
+    rootname: str | None = None
+    filter: str | None = None
+    to_electrons: float = 1.0  # electrons per data unit (the gain of data in DN)
+    sky_subtracted_by_step: bool = False
+    start: float | None = None  # exposure start [MJD]
+    end: float | None = None  # exposure end [MJD]
 
     @classmethod
     def of(cls, model):
@@ -375,13 +302,21 @@ class ChipInfo:
             sky=meta.background.level,
             sky_subtracted=bool(meta.background.subtracted),
             cr_npix=meta.cosmic_rays.npix,
+            rootname=meta.rootname if meta.hasattr("rootname") else None,
+            to_electrons=electrons_per_unit(
+                meta.units, meta.detector.in_electrons, meta.detector.gain
+            ),
+            filter=meta.instrument.filter,
+            sky_subtracted_by_step=bool(meta.background.subtracted_by_step),
+            start=meta.exposure.start if meta.exposure.hasattr("start") else None,
+            end=meta.exposure.end if meta.exposure.hasattr("end") else None,
         )
 
 
 #: Suffix of an on-disk library's state files (see ModelLibrary.shelve).
 _STATE_SUFFIX = ".state.asdf"
 #: Arrays a state file does not hold: they are read from the input file.
-_INPUT_ARRAYS = ("data", "err", "var_rnoise", "var_poisson")
+_INPUT_ARRAYS = ("data", "err", "time", "var_rnoise", "var_poisson")
 
 
 def _fingerprint(model):
@@ -470,15 +405,18 @@ def _is_model_list(init):
     return bool(items) and all(isinstance(i, (DataModel, list, tuple)) for i in items)
 
 
-def _flatten_models(items):
+def _flatten_models(items, resetbits=None):
+    """The chips of a (nested) list of models; ``resetbits`` are cleared in our models' DQ (a
+    library of models works on the models themselves) and in the copies made of JWST models."""
     models = []
     for item in items:
         if isinstance(item, (list, tuple)):
-            models.extend(_flatten_models(item))
+            models.extend(_flatten_models(item, resetbits))
         elif isinstance(item, ImageModel):
+            clear_bits(item.dq, resetbits, item.meta.dq_convention or "hst")
             models.append(item)
         elif not isinstance(item, DrizDataModel) and item.meta.telescope == "JWST":
-            models.append(convert_jwst_model(item))
+            models.append(convert_jwst_model(item, resetbits=resetbits))
         else:
             raise DrizzlepipeInputError(
                 getattr(item.meta, "filename", None), "library members must be ImageModel chips"

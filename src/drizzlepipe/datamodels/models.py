@@ -24,13 +24,16 @@ from stdatamodels import DataModel, fits_support
 
 from .. import __version__
 from ._atomic import atomic_target
+from .product_header import add_product_header
 
 __all__ = ["DrizDataModel", "ImageModel", "ResampledModel"]
 
 _SCHEMA_PREFIX = "http://drizzlepipe.org/schemas/"
 
 #: Array attributes of our models.
-_ARRAY_NAMES = ("data", "dq", "err", "var_rnoise", "var_poisson", "static_mask", "wht", "con")
+_ARRAY_NAMES = (
+    "data", "dq", "err", "time", "var_rnoise", "var_poisson", "static_mask", "wht", "con",
+)  # fmt: skip
 
 #: FITS extensions of a product that get the image WCS in their header.
 _WCS_EXTENSIONS = ("SCI", "ERR", "DQ", "WHT", "CTX", "VAR_RNOISE", "VAR_POISSON")
@@ -117,9 +120,13 @@ class DrizDataModel(DataModel):
         self.on_save(init)
         hdulist = fits_support.to_fits(self._instance, self._schema)
         self._add_fits_wcs(hdulist)
+        self._add_headers(hdulist)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Card is too long")
             hdulist.writeto(init, *args, **kwargs)
+
+    def _add_headers(self, hdulist):
+        """Hook for keywords and extensions beyond the schema's (none here)."""
 
     def _add_fits_wcs(self, hdulist):
         wcs = self.meta.wcs if self.meta.hasattr("wcs") else None
@@ -132,7 +139,13 @@ class DrizDataModel(DataModel):
         for name in _WCS_EXTENSIONS:
             if name in hdulist:
                 hdu = hdulist[name]
-                if isinstance(hdu, fits.ImageHDU) and hdu.data is not None and hdu.data.ndim == 2:
+                if not isinstance(hdu, fits.ImageHDU) or hdu.data is None:
+                    continue
+                if hdu.data.ndim == 2:
+                    hdu.header.update(header)
+                elif hdu.data.ndim == 3:
+                    # a context cube (more than 32 inputs): the celestial axes of each plane
+                    hdu.header["WCSAXES"] = 2
                     hdu.header.update(header)
 
 
@@ -155,3 +168,8 @@ class ResampledModel(DrizDataModel):
     """
 
     schema_url = _SCHEMA_PREFIX + "resampled.schema"
+
+    def _add_headers(self, hdulist):
+        """Input header cards, photometry in SCI, ``D%03d*`` keywords and the ``HDRTAB`` table
+        (:mod:`drizzlepipe.datamodels.product_header`)."""
+        add_product_header(self, hdulist)

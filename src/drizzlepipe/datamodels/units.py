@@ -8,7 +8,7 @@ would scale a mosaic wrongly without anyone noticing.
 
 from __future__ import annotations
 
-__all__ = ["UNIT_KINDS", "parse_bunit"]
+__all__ = ["UNIT_KINDS", "electrons_per_unit", "parse_bunit"]
 
 UNIT_KINDS = ("counts", "countrate", "surface_brightness")
 
@@ -54,3 +54,25 @@ def parse_bunit(bunit):
     if base in _DN_NAMES:
         return kind, False
     raise ValueError(f"unknown units {bunit!r}")
+
+
+def electrons_per_unit(units, in_electrons, gain):
+    """Electrons per data unit of a chip: its gain for counts or rates in DN, else 1
+    (electrons, or surface brightness, which is not converted).
+
+    Parameters
+    ----------
+    units : str
+        The chip's unit kind (``meta.units``).
+    in_electrons : bool or None
+        ``meta.detector.in_electrons``; None counts as electrons.
+    gain : float or None
+        ``meta.detector.gain`` [e-/DN].
+
+    Returns
+    -------
+    float
+    """
+    if units == "surface_brightness" or in_electrons in (None, True):
+        return 1.0
+    return float(gain or 1.0)

@@ -15,6 +15,7 @@ from astropy.io import fits
 
 from ..exceptions import DrizzlepipeInputError
 from ._atomic import atomic_target
+from .naming import COPY_SUFFIXES, strip_extension
 from .readers._common import split_selector
 
 __all__ = [
@@ -86,6 +87,9 @@ def write_exposure_copy(models, path, *, data_override=None):
         return _write_jwst_copy(models[0], source, path, data_override)
     with fits.open(source, memmap=False) as original:
         hdulist = fits.HDUList([hdu.copy() for hdu in original])
+    # marks the copy as drizzlepipe's, so that a glob over the directory leaves it out
+    hdulist[0].header["DPSOFT"] = ("drizzlepipe", "Software that wrote this copy")
+    hdulist[0].header["DPPRODTP"] = (_copy_kind(path), "drizzlepipe product: copy of an exposure")
     for index, model in enumerate(models):
         extver = int(model.meta.chip or 1)
         if fmt == "hst":
@@ -101,6 +105,12 @@ def write_exposure_copy(models, path, *, data_override=None):
             sci.data = np.asarray(data_override[index], dtype=sci.data.dtype)
         _replace_dq(hdulist, dq_key, model.dq, extver)
     return write_fits_atomic(hdulist, path)
+
+
+def _copy_kind(path):
+    """``crf``, ``crclean`` or ``sky`` from the product's file name (``copy`` otherwise)."""
+    stem = strip_extension(path)
+    return next((kind for kind in COPY_SUFFIXES if stem.endswith(f"_{kind}")), "copy")
 
 
 def write_copies(models, path_for, *, data_override=None):

@@ -6,10 +6,17 @@ single drizzled images, the median, and the final :class:`ResampledModel`, writt
 ``<name>_drz.fits`` where ``<name>`` is ``output_file``, else the association's product name,
 else ``final`` (AstroDrizzle's default).
 
+Before any work the pipeline checks what would otherwise fail late: the output directory is
+writable, the output grids are within ``max_pixels``, and the inputs are consistent (the
+library refuses duplicated exposures and mixed filters). Chips without a usable pixel (all NaN
+or all flagged) are reported and left out; the rest runs. DQ bits ``resetbits`` (the cosmic rays
+an earlier drizzle flagged, by default) are cleared in memory before any step.
+
 Logic as AstroDrizzle's: with one exposure there is nothing to compare, so DrizSeparate,
-CreateMedian and BlotCR are skipped (logged); if the median rejects every pixel, CR detection
-is skipped with a warning; any step can be switched off with ``skip=True`` (recorded as
-SKIPPED in ``meta.cal_step``), and a step whose input is missing is skipped too.
+CreateMedian and BlotCR are skipped (logged); if fewer than two single images are made or the
+median rejects every pixel, CR detection is skipped with a warning; any step can be switched
+off with ``skip=True`` (recorded as SKIPPED in ``meta.cal_step``), and a step whose input is
+missing is skipped too.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import time
 
 import numpy as np
 
+from ..algorithms.stats import usable_pixel_count
 from ..datamodels import ModelLibrary
+from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor, frozen_objects
 from ..numpy_tuning import advise_once
 from ..steps import (
@@ -31,6 +40,7 @@ from ..steps import (
     SkySubStep,
     StaticMaskStep,
 )
+from ..steps._drizzle_common import OutputGridMaker, bad_pixels, chip_label
 from .base import DrizPipeline
 
 __all__ = ["DrizzlePipeline"]
@@ -60,6 +70,10 @@ class DrizzlePipeline(DrizPipeline):
     save_intermediates = boolean(default=False)  # Save the products of every step
     units = option('counts', 'countrate', 'surface_brightness', default=None)  # Units of inputs without (or with a wrong) BUNIT
     exptime = float(default=None)  # Exposure time [s] of inputs without one
+    gain = float(default=None, min=0)  # Gain [e-/DN] overriding the instrument's or header's (None: from the data)
+    readnoise = float(default=None, min=0)  # Read noise [e-] overriding the instrument's or header's
+    resetbits = string(default='auto')  # DQ bits cleared in memory before any step ('auto': 4096 for HST/FITS, none for JWST; '0': none)
+    allow_mixed = boolean(default=False)  # Combine inputs of different instruments or filters (else refused)
     """  # noqa: E501
 
     step_defs = {
@@ -99,10 +113,15 @@ class DrizzlePipeline(DrizPipeline):
         library = (
             input_data
             if isinstance(input_data, ModelLibrary)
-            else ModelLibrary(input_data, on_disk=not self.in_memory, **self._open_options())
-        )
+            else ModelLibrary(
+                input_data, on_disk=not self.in_memory, allow_mixed=self.allow_mixed,
+                **self._open_options(),
+            )
+        )  # fmt: skip
         self.product_root = self.product_name(library)
         self._share_defaults()
+        library = self._usable(library)
+        self._check_grids(library)
         n_exposures = len(library.group_names)
         log.info(
             "Drizzling %d chips of %d exposures into %s_drz",
@@ -122,6 +141,12 @@ class DrizzlePipeline(DrizPipeline):
                 self._mark_skipped(library, name)
         else:
             singles = run(timings, "driz_separate", library, library=library, on_skip=None)
+            if singles is not None and len(singles) < 2:
+                log.warning(
+                    "Only %d single image overlaps the output grid: no median, no cosmic-ray "
+                    "detection", len(singles),
+                )  # fmt: skip
+                singles = None
             median = run(timings, "create_median", singles, library=library, on_skip=None)
             del singles  # in memory: E x 8 O bytes no later step needs
             if median is not None and not np.isfinite(median.data).any():
@@ -150,12 +175,52 @@ class DrizzlePipeline(DrizPipeline):
         return final
 
     def _open_options(self):
-        """What the user states about inputs the readers cannot tell (units, exposure time)."""
-        return {
-            key: value
-            for key, value in (("units", self.units), ("exptime", self.exptime))
-            if value is not None
-        }
+        """What the user states about inputs (units, exposure time, gain, read noise) and the
+        DQ bits to reset, for the readers."""
+        stated = (("units", self.units), ("exptime", self.exptime), ("gain", self.gain),
+                  ("readnoise", self.readnoise), ("resetbits", self.resetbits))  # fmt: skip
+        return {key: value for key, value in stated if value is not None}
+
+    def _usable(self, library):
+        """The library without the chips that have no usable pixel (all NaN, or every pixel
+        flagged by a DQ bit outside the final drizzle's ``good_bits``), each reported; an
+        exposure left without chips is reported as left out."""
+        library.preload(self.executor.n_workers)
+        good_bits = self.driz_final.good_bits
+        empty = []
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                try:
+                    if usable_pixel_count(model.data, bad_pixels(model, good_bits)) == 0:
+                        empty.append(index)
+                        log.warning(
+                            "%s: no usable pixel (all NaN or flagged by DQ bits outside "
+                            "good_bits=%s): left out", chip_label(model), good_bits,
+                        )  # fmt: skip
+                finally:
+                    library.shelve(model, index, modify=False)
+        if not empty:
+            return library
+        if len(empty) == len(library):
+            raise DrizzlepipeInputError(None, "no input chip has a usable pixel")
+        groups = library.group_indices
+        for group, indices in groups.items():
+            if set(indices) <= set(empty):
+                log.warning("Exposure %s left out: none of its chips is usable", group)
+        return library.subset([i for i in range(len(library)) if i not in set(empty)])
+
+    def _check_grids(self, library):
+        """Make the output grids of the drizzle steps now, so that a grid too large (or a
+        reference image that cannot be read) is reported before any work, not after it."""
+        for name in ("driz_separate", "driz_final"):
+            step = getattr(self, name)
+            if not step.skip:
+                grid = OutputGridMaker.from_step(step).make(library)
+                log.info(
+                    "%s grid: %d x %d pixels at %.5f arcsec",
+                    name, grid.shape[1], grid.shape[0], grid.pixel_scale,
+                )  # fmt: skip
 
     def _share_defaults(self):
         """Pipeline-level good_bits/crbit/save_intermediates reach the steps still at defaults."""
@@ -197,16 +262,21 @@ class DrizzlePipeline(DrizPipeline):
     def _summary(self, library, final, timings, total):
         rows = []
         with library:
-            for indices in library.group_indices.values():
+            for group, indices in library.group_indices.items():
                 chips = [library.chip_info(index) for index in indices]
+                files = sorted({chip.filename for chip in chips})
+                extensions = " ".join(chip.extension or f"SCI,{chip.chip}" for chip in chips)
                 skies = ", ".join(f"{chip.sky or 0.0:.4g}" for chip in chips)
                 flagged = sum(int(chip.cr_npix or 0) for chip in chips)
                 pixels = sum(int(np.prod(chip.shape)) for chip in chips)
-                rows.append((chips[0].filename, len(chips), skies, flagged / pixels))
-        width = max(len(row[0]) for row in rows)
-        lines = [f"{'exposure':<{width}}  chips  sky (data units/pixel)        CR fraction"]
-        for filename, nchips, skies, fraction in rows:
-            lines.append(f"{filename:<{width}}  {nchips:5d}  {skies:<28}  {100 * fraction:9.3f}%")
+                rows.append((group, ", ".join(files), extensions, skies, flagged / pixels))
+        widths = [max(len(header), *(len(row[k]) for row in rows))
+                  for k, header in enumerate(("exposure", "file", "chips", "sky"))]  # fmt: skip
+        header = ("exposure", "file", "chips", "sky (data units/pixel)")
+        lines = ["  ".join(f"{text:<{w}}" for text, w in zip(header, widths)) + "  CR fraction"]
+        for row in rows:
+            cells = "  ".join(f"{text:<{w}}" for text, w in zip(row[:4], widths))
+            lines.append(f"{cells}  {100 * row[4]:10.3f}%")
         ny, nx = final.data.shape
         nan_fraction = float(np.isnan(final.data).mean())
         lines.append(

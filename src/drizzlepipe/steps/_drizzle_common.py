@@ -10,15 +10,26 @@ subtracted on the fly; inputs are never modified.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from astropy.io import fits
+from astropy.wcs import WCS as FitsWCS
 
-from ..algorithms.grid import default_output_grid, grid_from_reference, pixel_scale
+from .. import __version__
+from ..algorithms.grid import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    OutputGridTooLargeError,
+    default_output_grid,
+    grid_from_reference,
+    pixel_scale,
+)
 from ..algorithms.resample import pixel_area_ratio
 from ..datamodels import dqflags, open_path
 from ..datamodels.readers._common import celestial_wcs
+from ..datamodels.units import electrons_per_unit
 from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor
 from ._tasks import ChipJob
@@ -31,6 +42,11 @@ __all__ = [
     "ModelChip",
     "chip_job",
     "exposure_times",
+    "apply_carried",
+    "carried_metadata",
+    "exposure_product_root",
+    "input_member",
+    "mask_description",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +63,7 @@ GRID_SPEC = """
     crpix = float_list(min=2, max=2, default=None)  # Reference pixel [x, y] (FITS, 1-based)
     refimage = string(default=None)  # Image (FITS/ASDF) whose WCS and shape define the grid
     stepsize = integer(default=10, min=1)  # Evaluate the WCS every stepsize pixels and interpolate
+    max_pixels = integer(default=536870912, min=1)  # Largest output grid accepted [pixels] (2**29: 4 GiB for SCI+WHT)
 """  # noqa: E501
 
 
@@ -64,17 +81,17 @@ def parse_fillval(value):
         raise ValueError(f"fillval must be a number, 'NaN' or 'INDEF', got {value!r}") from None
 
 
-def _refimage_grid(path):
+def _refimage_grid(path, max_pixels):
     opened = open_path(path) if str(path).lower().endswith(".asdf") else None
     if opened is not None:
-        return grid_from_reference(opened.meta.wcs, opened.data.shape)
+        return grid_from_reference(opened.meta.wcs, opened.data.shape, max_pixels=max_pixels)
     try:
         with fits.open(path) as hdulist:
             for index, hdu in enumerate(hdulist):
                 if hdu.header.get("NAXIS", 0) == 2 and "CTYPE1" in hdu.header:
                     wcs = celestial_wcs(hdu.header, path, str(index), hdulist)
                     shape = (hdu.header["NAXIS2"], hdu.header["NAXIS1"])
-                    return grid_from_reference(wcs, shape)
+                    return grid_from_reference(wcs, shape, max_pixels=max_pixels)
     except OSError as exc:
         raise DrizzlepipeInputError(path, f"refimage cannot be read ({exc})") from None
     raise DrizzlepipeInputError(path, "refimage has no 2-D image with a celestial WCS")
@@ -91,11 +108,15 @@ class OutputGridMaker:
     crval: tuple[float, float] | None = None
     crpix: tuple[float, float] | None = None
     refimage: str | None = None
+    max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    step_name: str = "driz_final"
 
     @classmethod
     def from_step(cls, step):
         """Read the :data:`GRID_SPEC` parameters of ``step``."""
         return cls(
+            max_pixels=step.max_pixels,
+            step_name=step.class_alias,
             rotation=step.rotation,
             pixel_scale=step.pixel_scale,
             pixel_scale_ratio=step.pixel_scale_ratio,
@@ -106,9 +127,23 @@ class OutputGridMaker:
         )
 
     def make(self, library):
-        """Build the grid for the chips of ``library`` (reads only their WCS and shapes)."""
+        """Build the grid for the chips of ``library`` (reads only their WCS and shapes).
+
+        Raises
+        ------
+        OutputGridTooLargeError
+            With the parameter to change (``steps.<step>.max_pixels``) in the message.
+        """
+        try:
+            return self._make(library)
+        except OutputGridTooLargeError as error:
+            raise OutputGridTooLargeError(
+                f"{self.step_name}: {error} (parameter steps.{self.step_name}.max_pixels)"
+            ) from None
+
+    def _make(self, library):
         if self.refimage:
-            return _refimage_grid(self.refimage)
+            return _refimage_grid(self.refimage, self.max_pixels)
         with library:
             chips = [library.chip_info(index) for index in range(len(library))]
         wcs_list = [chip.wcs for chip in chips]
@@ -125,6 +160,7 @@ class OutputGridMaker:
             crval=self.crval,
             crpix=self.crpix,
             reference_scale=reference_scale,
+            max_pixels=self.max_pixels,
         )
 
 
@@ -147,9 +183,8 @@ def chip_label(model):
 
 def electrons_factor(model):
     """Factor to electrons (or to the unit of surface brightness) from the chip's data units."""
-    if model.meta.units == "surface_brightness" or model.meta.detector.in_electrons in (None, True):
-        return 1.0
-    return float(model.meta.detector.gain or 1.0)
+    meta = model.meta
+    return electrons_per_unit(meta.units, meta.detector.in_electrons, meta.detector.gain)
 
 
 def chip_variance(model, factor):
@@ -169,15 +204,19 @@ def detector_variance(model, factor, signal):
     """Poisson + read-noise variance of ``signal`` (the chip's data units x ``factor``).
 
     Counts are electrons already; rates are turned into electrons with the exposure time and
-    the variance back into rate units (``(rate t + rn**2) / t**2``).
+    the variance back into rate units (``(rate t + rn**2) / t**2``). Where the file gives each
+    pixel's own integration time (WFC3/IR and NICMOS ``TIME``: shorter for pixels that
+    saturated), ``t`` is that time, as AstroDrizzle's IR sky image uses it.
     """
-    exptime = float(model.meta.exposure.exptime)
     per_second = model.meta.units == "countrate"
-    electrons = np.asarray(signal, dtype=np.float32) * np.float32(exptime if per_second else 1.0)
+    exptime = np.float32(model.meta.exposure.exptime)
+    if per_second and model.time is not None:
+        exptime = np.where(model.time > 0, model.time, exptime).astype(np.float32)
+    electrons = np.asarray(signal, dtype=np.float32) * (exptime if per_second else np.float32(1))
     readnoise = float(model.meta.detector.readnoise or 0.0)
     variance = electrons + np.float32(readnoise**2)
     if per_second:
-        variance /= np.float32(exptime**2)
+        variance /= np.square(exptime)
     return variance.astype(np.float32)
 
 
@@ -357,3 +396,90 @@ def drizzled_bunit(model, units="cps"):
     if model.meta.units == "surface_brightness":
         return model.meta.bunit
     return "ELECTRONS/S" if units == "cps" else "ELECTRONS"
+
+
+def exposure_product_root(group_id):
+    """File-name root of a per-exposure product (``_single``, ``_blot``, ``_crmask``): the
+    exposure's name (the file's root name for HST and plain FITS, ``<root>_sci<n>`` for a STIS
+    imset, the exposure group for JWST), made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", str(group_id))
+
+
+def _distortion(wcs):
+    """What describes a chip's distortion, AstroDrizzle's ``COEF`` (``SIP``, ``NPOL``...)."""
+    if not isinstance(wcs, FitsWCS):
+        return type(wcs).__name__.lower()
+    parts = [name for name, present in (
+        ("SIP", wcs.sip is not None), ("NPOL", wcs.cpdis1 is not None or wcs.cpdis2 is not None),
+        ("D2IM", wcs.det2im1 is not None or wcs.det2im2 is not None),
+    ) if present]  # fmt: skip
+    return "+".join(parts) or "none"
+
+
+def mask_description(good_bits, *, use_static=True, crbit=None):
+    """Which pixels a drizzle step left out, for the ``D%03dMASK`` keyword."""
+    parts = [f"DQ bits outside {good_bits}" if good_bits not in (None, "None") else "no DQ"]
+    if use_static:
+        parts.append("static mask")
+    if crbit:
+        parts.append("cosmic rays" if crbit == "auto" else f"cosmic rays ({crbit})")
+    return ", ".join(parts)
+
+
+def input_member(info, mask):
+    """One row of a product's input table (``meta.resample.members``, written as the
+    ``D%03d*`` keywords and ``HDRTAB``) from a chip's :class:`ChipInfo`."""
+    extension = info.extension or f"SCI,{info.chip or 1}"
+    extname, _, extver = extension.partition(",")
+    return {
+        "data": f"{info.filename}[{extension.lower()}]",
+        "file": info.filename,
+        "extname": extname,
+        "extver": int(extver) if extver.strip().isdigit() else 1,
+        "rootname": info.rootname,
+        "filter": info.filter,
+        "exptime": info.exptime,
+        "expstart": info.start,
+        "expend": info.end,
+        "sky": float(info.sky or 0.0),
+        "pixel_scale": info.pixel_scale or pixel_scale(info.wcs, info.shape),
+        "distortion": _distortion(info.wcs),
+        "mask": mask,
+        "weight_scale": 1.0,
+        "software": f"drizzlepipe {__version__} (drizzle {_drizzle_version()})",
+        "wcskey": "",
+    }
+
+
+def _drizzle_version():
+    try:
+        return version("drizzle")
+    except PackageNotFoundError:  # pragma: no cover - drizzle is a dependency
+        return "?"
+
+
+def carried_metadata(model, output_scale=None):
+    """What a product made from ``model`` (its first input chip) carries of it: header cards,
+    root name and photometry, in the product's units (data in DN are drizzled as electrons,
+    so PHOTFLAM and PHOTFNU, per DN/s, are divided by the gain; JWST pixel areas become the
+    output pixel's, ``output_scale`` [arcsec]). Apply with :func:`apply_carried`."""
+    meta = model.meta
+    photometry = dict(meta.photometry.instance) if meta.hasattr("photometry") else {}
+    # a resampled product (a single for the median) is in electrons already
+    factor = electrons_factor(model) if meta.hasattr("detector") else 1.0
+    for name in ("photflam", "photfnu"):
+        if name in photometry:
+            photometry[name] = float(photometry[name]) / factor
+    if output_scale is not None and ("pixar_sr" in photometry or "pixar_a2" in photometry):
+        photometry["pixar_a2"] = float(output_scale) ** 2
+        photometry["pixar_sr"] = float(output_scale) ** 2 * (np.pi / 180.0 / 3600.0) ** 2
+    cards = meta.header_cards.instance if meta.hasattr("header_cards") else {}
+    return {"header_cards": dict(cards or {}), "photometry": photometry}
+
+
+def apply_carried(product_meta, carried):
+    """Set what :func:`carried_metadata` returned in a product's metadata."""
+    if carried["header_cards"]:
+        product_meta.header_cards = dict(carried["header_cards"])
+    for name, value in carried["photometry"].items():
+        setattr(product_meta.photometry, name, value)

@@ -8,6 +8,7 @@ this thread, a thread pool, worker processes or a dask.distributed cluster.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -214,6 +215,9 @@ def new_accumulator(job, out_arrays=None):
         n_inputs=job.n_inputs,
         out_arrays=out_arrays,
         first_context_id=job.first_context_id,
+        # the grid was checked against the step's max_pixels when it was made (before any
+        # work); a second, different limit here would only fail later
+        memory_limit=math.inf,
     )
 
 

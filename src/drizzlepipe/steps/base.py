@@ -8,6 +8,9 @@ opener that uses drizzlepipe's readers, a parameter lookup that never leaves the
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,48 +18,21 @@ from pathlib import Path
 from stpipe import Step
 
 from ..datamodels import DrizDataModel, ModelLibrary, open_path
+from ..datamodels.naming import KNOWN_SUFFIXES, exposure_root
 from ..datamodels.readers import product_model_type
+from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor, default_workers
 
-__all__ = ["DrizStep", "KNOWN_SUFFIXES", "exposure_root", "open_step_input"]
+__all__ = [
+    "DrizStep",
+    "KNOWN_SUFFIXES",
+    "exposure_root",
+    "open_step_input",
+    "prepare_output_dir",
+    "remove_if_empty",
+]
 
 log = logging.getLogger(__name__)
-
-#: Suffixes drizzlepipe writes; stripped from input names so re-runs do not pile them up.
-KNOWN_SUFFIXES = (
-    "staticmask",
-    "sky",
-    "skysub",
-    "single",
-    "med",
-    "median",
-    "blot",
-    "crmask",
-    "crclean",
-    "crf",
-    "drz",
-    "drc",
-    "single_sci",
-    "single_wht",
-)
-
-
-#: Suffixes of calibrated exposures (HST, JWST) removed to get an exposure's root name.
-INPUT_SUFFIXES = ("flt", "flc", "c0m", "c0f", "cal", "crf", "rate", "calints")
-
-
-def exposure_root(filename):
-    """Root name of an exposure file: ``j8bt06nyq_flt.fits`` -> ``j8bt06nyq`` (as AstroDrizzle's
-    ``buildNewRootname``), ``jw..._nrcb1_cal.fits`` -> ``jw..._nrcb1``."""
-    stem = Path(str(filename)).name
-    for ext in (".fits", ".asdf", ".fit"):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
-            break
-    for suffix in sorted(INPUT_SUFFIXES + KNOWN_SUFFIXES, key=len, reverse=True):
-        if stem.endswith("_" + suffix):
-            return stem[: -len(suffix) - 1]
-    return stem
 
 
 def open_step_input(init, **kwargs):
@@ -88,6 +64,19 @@ class DrizStep(Step):
 
     # drizzlepipe has no reference files: nothing to prefetch from CRDS.
     prefetch_references = False
+
+    def run(self, *args):
+        """stpipe's ``run``, with the output directory checked first (created when missing,
+        written to once) and, when the run fails, removed again if it created it and nothing
+        was written: a failed run leaves no empty directory behind."""
+        if self.parent is not None or not self.output_dir:
+            return super().run(*args)
+        created = prepare_output_dir(self.output_dir)
+        try:
+            return super().run(*args)
+        except BaseException:
+            remove_if_empty(created)
+            raise
 
     @classmethod
     def _datamodels_open(cls, init, **kwargs):
@@ -208,3 +197,43 @@ class DrizStep(Step):
         """Write this step's status into ``model.meta.cal_step.<class_alias>``."""
         if self.class_alias:
             setattr(model.meta.cal_step, self.class_alias, status)
+
+
+def prepare_output_dir(output_dir):
+    """Create ``output_dir`` if needed and check that files can be written in it.
+
+    Returns
+    -------
+    Path or None
+        The outermost directory this call created (to remove after a failure), or None.
+
+    Raises
+    ------
+    DrizzlepipeInputError
+        When the directory cannot be created or written (read-only, no permission, a file).
+    """
+    path = Path(os.path.expandvars(os.path.expanduser(str(output_dir)))).absolute()
+    created = path
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent
+    created = created if not path.exists() else None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        remove_if_empty(created)
+        reason = error.strerror or str(error)
+        raise DrizzlepipeInputError(
+            path, f"output directory cannot be written ({reason})"
+        ) from None
+    return created
+
+
+def remove_if_empty(directory):
+    """Remove ``directory`` and its subdirectories when no file is in them (else keep all)."""
+    if directory is None or not Path(directory).is_dir():
+        return
+    if any(item.is_file() for item in Path(directory).rglob("*")):
+        return
+    shutil.rmtree(directory, ignore_errors=True)

@@ -27,7 +27,7 @@ from ..datamodels.writers import (
     write_exposure_copy,
 )
 from ..exceptions import DrizzlepipeInputError
-from ._drizzle_common import chip_label, data_with_sky, electrons_factor
+from ._drizzle_common import chip_label, data_with_sky, electrons_factor, exposure_product_root
 from ._tasks import BlotCRJob, CopyJob, blot_and_detect, join_rows, split_rows, write_copy
 from .base import DrizStep, exposure_root
 
@@ -88,16 +88,18 @@ class BlotCRStep(DrizStep):
                 executor.share(weight) if weight is not None else None,
                 holes_in_weight,
             )
-            exposures = list(library.group_indices.values())
+            # units of whole files and whole exposures (one exposure each, except STIS files
+            # of several imsets), so that a file's _crf copy is written once, complete
+            units = library.file_groups
             # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library,
-            # or blots kept for saving, in batches of one exposure per worker, so that few
-            # chips (or blots) are in memory at a time.
+            # or blots kept for saving, in batches of one unit per worker, so that few chips
+            # (or blots) are in memory at a time.
             keep_blots = self.save_blot or self.corr
             few = library.on_disk or keep_blots
-            batch = max(1, executor.n_workers) if few else len(exposures)
-            for start in range(0, len(exposures), batch):
-                group = exposures[start : start + batch]
-                indices = [index for members in group for index in members]
+            batch = max(1, executor.n_workers) if few else len(units)
+            for start in range(0, len(units), batch):
+                group = units[start : start + batch]
+                indices = [index for unit in group for index in unit]
                 models = {index: library.borrow(index) for index in indices}
                 try:
                     jobs = [
@@ -119,11 +121,11 @@ class BlotCRStep(DrizStep):
                     del jobs, tasks, found, parts
                     for index in indices:
                         self._record(models[index], results[index], totals)
-                    self._save_exposures(group, models, results, executor)
+                    self._save_products(group, models, results, executor)
                 finally:
                     for index, model in models.items():
                         library.shelve(model, index, modify=True)
-                log.info("Exposures %d/%d checked", start + len(group), len(exposures))
+                log.info("Files %d/%d checked", start + len(group), len(units))
         fraction = totals["flagged"] / max(totals["pixels"], 1)
         log.info(
             "Cosmic rays: %d pixels (%.3f%%) in %d chips",
@@ -205,10 +207,13 @@ class BlotCRStep(DrizStep):
         )
 
     def _record(self, model, result, totals):
-        """Set ``crbit`` in the chip's DQ and record the counts."""
+        """Set ``crbit`` in the chip's DQ and record the counts; the flags an earlier run of
+        this step set are cleared first, so that running it again (with other parameters)
+        gives what one run on fresh inputs gives."""
         label = chip_label(model)
         for message in result.warnings:
             log.warning("%s: %s", label, message)
+        clear_own_flags(model)
         totals["chips"] += 1
         totals["pixels"] += model.data.size
         if result.packed_mask is None:
@@ -216,7 +221,7 @@ class BlotCRStep(DrizStep):
             return
         cr_mask = result.mask()
         crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
-        model.dq[cr_mask] |= np.uint32(crbit)
+        set_own_flags(model, cr_mask, crbit)
         summary = summarize_cr_mask(cr_mask)
         totals["flagged"] += int(summary.n_flagged)
         model.meta.cosmic_rays.npix = int(summary.n_flagged)
@@ -226,30 +231,37 @@ class BlotCRStep(DrizStep):
             "%s: %d cosmic-ray pixels (%.3f%%)", label, summary.n_flagged, 100 * summary.fraction
         )
 
-    def _save_exposures(self, group, models, results, executor):
-        """Write the products asked for, per exposure; the ``_crf`` copies as tasks (in
-        parallel in worker processes, which inherit the flagged models)."""
+    def _save_products(self, units, models, results, executor):
+        """Write the products asked for: per file the ``_crf`` (as tasks, in parallel in
+        worker processes, which inherit the flagged models) and ``_crclean`` copies, per
+        exposure the ``_blot`` and ``_crmask`` files."""
         if self.save_results:
             writes = []
-            for members in group:
-                chips = [models[i] for i in members]
+            for unit in units:
+                chips = [models[i] for i in unit]
                 for positions, path in plan_copies(
                     chips, lambda name: self.product_path(exposure_root(name), "crf")
                 ):
-                    writes.append(([members[k] for k in positions], str(path)))
+                    writes.append(([unit[k] for k in positions], str(path)))
             if executor.shares_objects:
-                refs = {i: executor.share_object(models[i]) for m in group for i in m}
+                refs = {i: executor.share_object(models[i]) for unit in units for i in unit}
                 jobs = [CopyJob([refs[i] for i in chosen], path) for chosen, path in writes]
                 executor.map(write_copy, jobs, label="Writing _crf copies")
                 del refs, jobs
             else:
                 for chosen, path in writes:
                     write_exposure_copy([models[i] for i in chosen], path)
-        for members in group:
-            self._save_exposure([models[i] for i in members], [results[i] for i in members])
+        for unit in units:
+            exposures = {}
+            for index in unit:
+                exposures.setdefault(models[index].meta.group_id, []).append(index)
+            for members in exposures.values():
+                self._save_exposure([models[i] for i in members], [results[i] for i in members])
+            if self.corr:
+                self._save_cleaned([models[i] for i in unit], [results[i] for i in unit])
 
     def _save_exposure(self, models, results):
-        root = exposure_root(models[0].meta.filename)
+        root = exposure_product_root(models[0].meta.group_id)
         chips = [int(m.meta.chip or 1) for m in models]
         # each chip's sky (its units, included in the blot) as in the _crf copies
         headers = [
@@ -279,18 +291,42 @@ class BlotCRStep(DrizStep):
                 headers=headers,
                 dtype=np.uint8,
             )
-        if self.corr:
-            cleaned = []
-            for model, result in zip(models, results):
-                replace = result.mask() & np.isfinite(result.blotted)
-                # the blot includes the sky: so must the data it replaces
-                data = data_with_sky(model)
-                cleaned.append(np.where(replace, result.blotted, data).astype(np.float32))
-            write_copies(
-                models,
-                lambda name: self.product_path(exposure_root(name), "crclean"),
-                data_override=cleaned,
-            )
+
+    def _save_cleaned(self, models, results):
+        cleaned = []
+        for model, result in zip(models, results):
+            replace = result.mask() & np.isfinite(result.blotted)
+            # the blot includes the sky: so must the data it replaces
+            data = data_with_sky(model)
+            cleaned.append(np.where(replace, result.blotted, data).astype(np.float32))
+        write_copies(
+            models,
+            lambda name: self.product_path(exposure_root(name), "crclean"),
+            data_override=cleaned,
+        )
+
+
+def clear_own_flags(model):
+    """Clear the DQ bits a previous BlotCR run set in ``model`` (recorded in ``cr_flags`` and
+    ``meta.cosmic_rays.crbit``); bits the input had already are left alone."""
+    if model.cr_flags is None or not model.meta.cosmic_rays.crbit:
+        return
+    mask = np.unpackbits(model.cr_flags, count=model.dq.size).reshape(model.dq.shape)
+    model.dq[mask.astype(bool)] &= np.uint32(~int(model.meta.cosmic_rays.crbit) & 0xFFFFFFFF)
+    del model.cr_flags
+    for name in ("crbit", "npix", "fraction"):
+        if model.meta.cosmic_rays.hasattr(name):
+            delattr(model.meta.cosmic_rays, name)
+
+
+def set_own_flags(model, cr_mask, crbit):
+    """OR ``crbit`` into the DQ at ``cr_mask`` and remember the pixels that did not have it
+    (:func:`clear_own_flags` undoes exactly this)."""
+    crbit = np.uint32(crbit)
+    newly = cr_mask & ((model.dq & crbit) != crbit)
+    model.dq[cr_mask] |= crbit
+    model.cr_flags = np.packbits(newly, axis=None)
+    model.meta.cosmic_rays.crbit = int(crbit)
 
 
 def _recycled(executor, shape):

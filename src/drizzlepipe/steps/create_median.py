@@ -15,6 +15,7 @@ from ..algorithms.combine import COMBINE_TYPES, combine_stack
 from ..algorithms.sections import ImageStack
 from ..datamodels import ResampledModel, open_path
 from ..exceptions import DrizzlepipeInputError
+from ._drizzle_common import apply_carried, carried_metadata
 from .base import DrizStep
 
 __all__ = ["CreateMedianStep"]
@@ -109,9 +110,11 @@ class CreateMedianStep(DrizStep):
     def _product(self, image, weight, items):
         first = items[0]["meta"]
         median = ResampledModel(data=image, wht=weight)
+        apply_carried(median.meta, first["carried"])
         median.meta.wcs = first["wcs"]
         median.meta.product_type = "median"
-        median.meta.filename = f"{self.product_name()}_med.fits"
+        median.meta.rootname = self.product_name()
+        median.meta.filename = f"{median.meta.rootname}_med.fits"
         median.meta.bunit = first["bunit"]
         median.meta.units = first["units"]
         median.meta.resample.combine_type = self.combine_type
@@ -172,6 +175,8 @@ def _open_single(item, stack):
         "sky": float(resample.sky or 0.0) if resample.hasattr("sky") else 0.0,
         "bunit": model.meta.bunit,
         "units": model.meta.units,
+        # a single's photometry is already in its (electron) units
+        "carried": carried_metadata(model),
     }
     return {"sci": sci, "wht": wht, "meta": meta}
 

@@ -14,7 +14,12 @@ from ._drizzle_common import (
     GRID_SPEC,
     ChipSources,
     OutputGridMaker,
+    apply_carried,
+    carried_metadata,
+    chip_label,
     drizzled_bunit,
+    input_member,
+    mask_description,
     parse_fillval,
 )
 from ._tasks import DrizzleJob, drizzle_chips, output_buffers, received
@@ -95,6 +100,7 @@ class DrizFinalStep(DrizStep):
                 del jobs
             reference = library.borrow(0)
             library.shelve(reference, 0, modify=False)
+            infos = [library.chip_info(index) for index in range(len(library))]
         labels, groups, exposures, added, skipped = [], [], {}, set(), []
         for result in results:
             for label, group, times in result.chips:
@@ -118,7 +124,9 @@ class DrizFinalStep(DrizStep):
         used = {group for label, group in zip(labels, groups) if label in added}
         exposures = {group: times for group, times in exposures.items() if group in used}
         # context-bit order: bit i is chip i of the library
-        return self._product(product, grid, labels, len(added), exposures, reference, library)
+        mask = mask_description(self.good_bits, crbit=self.crbit or "auto")
+        members = [input_member(info, mask) for info in infos if chip_label(info) in added]
+        return self._product(product, grid, labels, members, exposures, reference, library)
 
     def _job(self, chips, grid_wcs, grid_shape, n_inputs):
         return DrizzleJob(
@@ -136,7 +144,7 @@ class DrizFinalStep(DrizStep):
             finalize=False,
         )
 
-    def _product(self, product, grid, inputs, n_drizzled, exposures, reference, library):
+    def _product(self, product, grid, inputs, members, exposures, reference, library):
         texptime = float(sum(e["exptime"] for e in exposures.values()))
         data, err = product.data, product.err
         if self.units == "counts" and reference.meta.units != "surface_brightness":
@@ -148,11 +156,13 @@ class DrizFinalStep(DrizStep):
             model.err = err
         if product.context is not None:
             context = product.context
-            model.con = context if context.ndim == 3 else context[np.newaxis]
+            model.con = context  # 2-D up to 32 chips, as AstroDrizzle writes it
         meta = model.meta
+        apply_carried(meta, carried_metadata(reference, grid.pixel_scale))
         meta.wcs = grid.wcs
         meta.product_type = "drz"
-        meta.filename = f"{self.product_name(library)}_drz.fits"
+        meta.rootname = self.product_name(library)
+        meta.filename = f"{meta.rootname}_drz.fits"
         meta.bunit = drizzled_bunit(reference, self.units)
         meta.units = (
             "surface_brightness"
@@ -163,6 +173,8 @@ class DrizFinalStep(DrizStep):
             meta.telescope = reference.meta.telescope
         if reference.meta.instrument.name:
             meta.instrument.name = reference.meta.instrument.name
+        if reference.meta.instrument.detector:
+            meta.instrument.detector = reference.meta.instrument.detector
         if reference.meta.instrument.filter:
             meta.instrument.filter = reference.meta.instrument.filter
         meta.exposure.exptime = texptime
@@ -179,13 +191,14 @@ class DrizFinalStep(DrizStep):
         resample.fillval = str(self.fillval)
         resample.pixel_scale = grid.pixel_scale
         resample.texptime = texptime
-        resample.ndrizim = n_drizzled
+        resample.ndrizim = len(members)
         resample.inputs = inputs
+        resample.members = members
         self.record_step_status(model)
         covered = np.isfinite(model.data) & (model.wht > 0)
         log.info(
             "Final product %s: %d x %d, %d chips of %d exposures, %.1f s, %.1f%% of pixels covered",
-            meta.filename, grid.shape[1], grid.shape[0], n_drizzled, len(exposures), texptime,
+            meta.filename, grid.shape[1], grid.shape[0], len(members), len(exposures), texptime,
             100.0 * covered.mean(),
         )  # fmt: skip
         if self.save_results:

@@ -10,18 +10,25 @@ import numpy as np
 
 from ..algorithms.resample import ResampleInputError
 from ..datamodels import ResampledModel
+from ..datamodels.library import ChipInfo
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
     ChipSources,
     OutputGridMaker,
+    apply_carried,
+    carried_metadata,
     chip_iscale,
+    chip_label,
     drizzled_bunit,
     electrons_factor,
+    exposure_product_root,
+    input_member,
+    mask_description,
     parse_fillval,
 )
 from ._tasks import DrizzleJob, drizzle_chips, output_buffers, received
-from .base import DrizStep, exposure_root
+from .base import DrizStep
 
 __all__ = ["DrizSeparateStep"]
 
@@ -86,7 +93,7 @@ class DrizSeparateStep(DrizStep):
                     single = self._finish(result, meta, grid, len(singles) + 1, len(groups))
                     if single is None:
                         continue
-                    root = exposure_root(single.meta.filename)
+                    root = exposure_product_root(single.meta.group_id)
                     if save:
                         single = single.save(self.product_path(root, "single"))
                     elif spill is not None:
@@ -141,10 +148,12 @@ class DrizSeparateStep(DrizStep):
 
     def _exposure_job(self, library, sources, indices, grid, executor):
         """The drizzle job of one exposure and the metadata its single needs."""
-        chips, readnoise2, skies, first = [], [], [], None
+        chips, readnoise2, skies, first, members = [], [], [], None, []
+        mask = mask_description(self.good_bits)
         for index in indices:
             model = library.borrow(index)
             try:
+                members.append((chip_label(model), input_member(ChipInfo.of(model), mask)))
                 chips.append(
                     sources.chip(index, grid.pixel_scale, model=model, good_bits=self.good_bits)
                 )
@@ -156,7 +165,7 @@ class DrizSeparateStep(DrizStep):
                 if model.meta.units == "countrate":
                     sky *= float(model.meta.exposure.exptime)
                 skies.append(sky)
-                first = first or _single_metadata(model)
+                first = first or _single_metadata(model, grid.pixel_scale)
             finally:
                 library.shelve(model, index, modify=False)
         job = DrizzleJob(
@@ -171,16 +180,19 @@ class DrizSeparateStep(DrizStep):
         # minmed's noise model needs these per exposure: rms read noise over the chips
         # (electrons, as AstroDrizzle) and the minimum sky over the chips in electrons per
         # *output* pixel (AstroDrizzle uses the sky per input pixel, a units quirk).
-        meta = (first["group_id"], first, float(np.sqrt(np.mean(readnoise2))), float(min(skies)))
+        readnoise = float(np.sqrt(np.mean(readnoise2)))
+        meta = (first["group_id"], first, readnoise, float(min(skies)), members)
         return job, meta
 
     def _single(self, result, meta, grid):
-        _, first, readnoise, sky = meta
+        _, first, readnoise, sky, members = meta
         product = result.product
         single = ResampledModel(data=product.data, wht=product.wht)
+        apply_carried(single.meta, first["carried"])
         single.meta.wcs = grid.wcs
         single.meta.product_type = "single"
-        single.meta.filename = f"{exposure_root(first['filename'])}_single.fits"
+        single.meta.rootname = exposure_product_root(first["group_id"])
+        single.meta.filename = f"{single.meta.rootname}_single.fits"
         single.meta.group_id = first["group_id"]
         single.meta.exposure.exptime = first["exptime"]
         single.meta.bunit = first["bunit"]
@@ -194,6 +206,8 @@ class DrizSeparateStep(DrizStep):
         resample.pixel_scale = grid.pixel_scale
         resample.ndrizim = len(result.added)
         resample.inputs = list(result.added)
+        added = set(result.added)
+        resample.members = [member for label, member in members if label in added]
         resample.texptime = first["exptime"]
         resample.readnoise = readnoise
         resample.sky = sky
@@ -201,8 +215,10 @@ class DrizSeparateStep(DrizStep):
         return single
 
 
-def _single_metadata(model):
+def _single_metadata(model, output_scale):
     return {
+        # taken now: the chip is shelved (on disk: closed) when the single is made
+        "carried": carried_metadata(model, output_scale),
         "filename": model.meta.filename,
         "group_id": model.meta.group_id,
         "exptime": float(model.meta.exposure.exptime),

@@ -20,6 +20,7 @@ from astropy.io import fits
 from ..algorithms.grid import pixel_scale
 from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky
 from ..datamodels.library import ChipInfo
+from ..datamodels.readers import source_data
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
@@ -69,6 +70,7 @@ class SkySubStep(DrizStep):
             binwidth=self.binwidth,
         )
         user_masks = _read_catalogue(self.mask_files, "mask_files") if self.mask_files else {}
+        self._restore(library)
         with library:
             chips, labels, files = [], [], []
             # On disk, a chip's pixels are read when the sky algorithms reach it (they work one
@@ -119,6 +121,7 @@ class SkySubStep(DrizStep):
             mask=mask,
             name=chip_label(info),
             per_area=info.units == "surface_brightness",
+            gain=info.to_electrons,
         )
 
     def _sky_arrays(self, model, user_masks):
@@ -144,16 +147,36 @@ class SkySubStep(DrizStep):
             log.warning("Sky %s failed (%s); falling back to %s", self.method, error, fallback)
             return compute_sky(chips, fallback, statistic, map_=map_)
 
+    def _restore(self, library):
+        """Give chips whose sky an earlier call subtracted (``subtract=True``) their data back,
+        read again from their file (exact; from a model without a file, the level is added
+        back, exact to float32 rounding), so that this call measures what a first call would."""
+        with library:
+            for index in range(len(library)):
+                if not library.chip_info(index).sky_subtracted_by_step:
+                    continue
+                model = library.borrow(index)
+                original = source_data(model)
+                if original is not None:
+                    model.data = original
+                else:
+                    model.data += np.float32(model.meta.background.level or 0.0)
+                model.meta.background.subtracted = False
+                model.meta.background.subtracted_by_step = False
+                library.shelve(model, index, modify=True)
+
     def _record(self, model, level, method):
         level = float(level)
         if model.meta.background.subtracted:
-            # data whose sky was already subtracted get it back first: the new level replaces
-            # the old one (else the drizzle steps would subtract a sky a second time)
+            # data whose sky was subtracted before drizzlepipe read them get it back first:
+            # the new level replaces the old one (else the drizzle steps would subtract a sky
+            # a second time)
             model.data += np.float32(model.meta.background.level or 0.0)
         if self.subtract:
             model.data -= np.float32(level)
         model.meta.background.level = level
         model.meta.background.subtracted = bool(self.subtract)
+        model.meta.background.subtracted_by_step = bool(self.subtract)
         model.meta.background.method = method
         self.record_step_status(model)
 
@@ -187,7 +210,8 @@ class SkySubStep(DrizStep):
 
     def _save(self, library):
         with library:
-            for indices in library.group_indices.values():
+            # whole files at a time: a STIS file of several imsets is one copy
+            for indices in library.file_groups:
                 models = [library.borrow(index) for index in indices]
                 try:
                     write_copies(models, lambda n: self.product_path(exposure_root(n), "sky"))

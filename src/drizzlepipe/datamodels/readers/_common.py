@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ...exceptions import DrizzlepipeInputError
+from ..dqflags import resetbits_value
 from ..units import parse_bunit
 
 _SELECTOR = re.compile(r"^(?P<path>.+?)\[(?P<extname>[A-Za-z_]+)\s*,\s*(?P<extver>\d+)\]$")
@@ -57,6 +59,20 @@ def open_fits(path):
         return fits.open(path, mode="readonly", memmap=True, lazy_load_hdus=True)
     except (OSError, ValueError, TypeError) as exc:
         raise DrizzlepipeInputError(path, f"unreadable FITS file ({exc})") from None
+
+
+@contextmanager
+def reading(path, extension=None):
+    """Turn any failure while reading ``path`` (a truncated file gives astropy's bare
+    ``TypeError: buffer is too small``) into a :class:`DrizzlepipeInputError` naming the file
+    and the extension."""
+    try:
+        yield
+    except DrizzlepipeInputError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
+        problem = f"unreadable ({type(exc).__name__}: {exc}); the file may be truncated or damaged"
+        raise DrizzlepipeInputError(path, problem, extension) from None
 
 
 def image_array(hdu, path, extension, dtype, expected_shape=None):
@@ -161,7 +177,72 @@ def units_from(bunit, path, extension, override=None, override_electrons=True):
     return kind, electrons, str(bunit)
 
 
+def as_number(value):
+    """``value`` as a finite float, or None (missing, text or non-finite)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
 def mean_nonzero(values):
     """Mean of the non-zero, finite values (AstroDrizzle's gain/read-noise rule); None if none."""
-    good = [float(v) for v in values if v is not None and np.isfinite(float(v)) and float(v) != 0]
+    good = [v for v in map(as_number, values) if v is not None and v != 0]
     return float(np.mean(good)) if good else None
+
+
+#: Photometric keywords of HST chips (SCI header first, then primary) -> meta.photometry.
+HST_PHOTOMETRY = {
+    "PHOTMODE": "photmode",
+    "PHOTFLAM": "photflam",
+    "PHOTFNU": "photfnu",
+    "PHOTPLAM": "photplam",
+    "PHOTBW": "photbw",
+    "PHOTZPT": "photzpt",
+}
+
+#: Primary-header keywords of an exposure that describe a combined product of it too (target,
+#: programme, instrument configuration, date of observation); products carry those of their
+#: first input. Exposure-specific keywords (ROOTNAME, EXPTIME, EXPSTART, gains, ...) are not
+#: among them: products get their own.
+CARRIED_KEYWORDS = (
+    "TELESCOP", "INSTRUME", "DETECTOR", "CAMERA", "FILTER", "FILTER1", "FILTER2", "PUPIL",
+    "CHANNEL", "MODULE", "APERTURE", "PRIMESI", "OBSTYPE", "OBSMODE", "TARGNAME", "RA_TARG",
+    "DEC_TARG", "PROPOSID", "PROGRAM", "PR_INV_L", "PR_INV_F", "DATE-OBS", "TIME-OBS",
+    "PA_V3", "EQUINOX",
+)  # fmt: skip
+
+
+def photometry_from(headers):
+    """``meta.photometry`` values from the first header of ``headers`` holding each keyword."""
+    values = {}
+    for keyword, name in HST_PHOTOMETRY.items():
+        value = first_keyword(headers, (keyword,))
+        if value is None:
+            continue
+        if keyword == "PHOTMODE":
+            values[name] = str(value).strip()
+        elif (number := as_number(value)) is not None:
+            values[name] = number
+    return values
+
+
+def carried_cards(header):
+    """The :data:`CARRIED_KEYWORDS` present in ``header``, as ``{keyword: value}``."""
+    cards = {}
+    for keyword in CARRIED_KEYWORDS:
+        value = header.get(keyword)
+        if value is None or isinstance(value, fits.card.Undefined):
+            continue
+        cards[keyword] = value.strip() if isinstance(value, str) else value
+    return cards
+
+
+def clear_bits(dq, resetbits, convention="hst"):
+    """Clear ``resetbits`` (see :func:`~drizzlepipe.datamodels.dqflags.resetbits_value`; None:
+    nothing) in ``dq`` in place and return it."""
+    bits = resetbits_value(resetbits, convention)
+    if bits:
+        dq &= np.uint32(~bits & 0xFFFFFFFF)
+    return dq

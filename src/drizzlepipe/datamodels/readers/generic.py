@@ -1,8 +1,11 @@
 """Reader for plain FITS images: the primary HDU or the first image HDU with a celestial WCS.
 
 Exposure time comes from ``EXPTIME``, ``EXPOSURE``, ``EXP_TIME``, ``ITIME`` or ``TEXPTIME``, units
-from ``BUNIT``; either can be stated by the user instead (``exptime=``, ``units=``). Optional
-``ERR`` and ``DQ`` (or ``MASK``) extensions of the same shape are used when present.
+from ``BUNIT``, gain and read noise from ``GAIN``/``EGAIN``/``CCDGAIN`` and
+``RDNOISE``/``READNOIS``/``RON``; each can be stated by the user instead (``exptime=``,
+``units=``, ``gain=``, ``readnoise=``). Optional ``ERR`` and ``DQ`` (or ``MASK``) extensions of the
+same shape are used when present. A gain or read noise found nowhere is 1 or 0: the library
+warns about it once per file.
 """
 
 from __future__ import annotations
@@ -14,21 +17,35 @@ from astropy.io import fits
 
 from ...exceptions import DrizzlepipeInputError
 from ..models import ImageModel
-from ._common import celestial_wcs, exposure_time, first_keyword, image_array, units_from
+from ..naming import exposure_root
+from ._common import (
+    carried_cards,
+    celestial_wcs,
+    clear_bits,
+    exposure_time,
+    first_keyword,
+    image_array,
+    photometry_from,
+    reading,
+    units_from,
+)
+from .instruments import generic_detector
 
-__all__ = ["read_plain_fits"]
+__all__ = ["read_plain_fits", "science_hdu"]
 
 _EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "EXP_TIME", "ITIME", "TEXPTIME")
 
 
-def _science_hdu(hdulist, path):
+def science_hdu(hdulist, path):
+    """``(index, HDU)`` of the image a plain FITS file holds: the first 2-D image HDU."""
     for index, hdu in enumerate(hdulist):
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.header.get("NAXIS", 0) == 2:
             return index, hdu
     raise DrizzlepipeInputError(path, "no 2-D image in the primary or any image extension")
 
 
-def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True):
+def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True, gain=None,
+                    readnoise=None, resetbits=None):  # fmt: skip
     """Read a plain FITS image into an :class:`ImageModel`.
 
     Parameters
@@ -43,13 +60,18 @@ def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True):
         Exposure time [s] when no keyword holds it.
     electrons : bool
         With ``units`` stated: True if counts/rates are electrons, False if DN.
+    gain, readnoise : float, optional
+        Gain [e-/DN] and read noise [e-] overriding the header's.
+    resetbits : int or str, optional
+        DQ bits cleared in memory (the file is not touched).
     """
     path = Path(path)
-    index, hdu = _science_hdu(hdulist, path)
+    index, hdu = science_hdu(hdulist, path)
     ext = "PRIMARY" if index == 0 else str(hdu.header.get("EXTNAME", index))
     primary = hdulist[0].header
     headers = (hdu.header, primary)
-    data = image_array(hdu, path, ext, np.float32)
+    with reading(path, ext):
+        data = image_array(hdu, path, ext, np.float32)
     shape = data.shape
     wcs = celestial_wcs(hdu.header, path, ext, hdulist)
     wcs.pixel_shape = (shape[1], shape[0])
@@ -60,12 +82,14 @@ def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True):
 
     err, has_err = np.zeros(shape, np.float32), False
     dq = np.zeros(shape, np.uint32)
-    if "ERR" in hdulist:
-        err, has_err = image_array(hdulist["ERR"], path, "ERR", np.float32, shape), True
-    for name in ("DQ", "MASK"):
-        if name in hdulist:
-            dq = image_array(hdulist[name], path, name, np.uint32, shape)
-            break
+    with reading(path):
+        if "ERR" in hdulist:
+            err, has_err = image_array(hdulist["ERR"], path, "ERR", np.float32, shape), True
+        for name in ("DQ", "MASK"):
+            if name in hdulist:
+                dq = image_array(hdulist[name], path, name, np.uint32, shape)
+                break
+    clear_bits(dq, resetbits)
 
     model = ImageModel(data=data, dq=dq, err=err)
     meta = model.meta
@@ -84,16 +108,19 @@ def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True):
     meta.units = kind
     meta.bunit = bunit
     meta.detector.in_electrons = bool(in_electrons) if in_electrons is not None else True
-    gain = first_keyword(headers, ("GAIN", "EGAIN", "CCDGAIN"))
-    readnoise = first_keyword(headers, ("RDNOISE", "READNOIS", "RON"))
-    meta.detector.gain = float(gain) if gain is not None else 1.0
-    meta.detector.readnoise = float(readnoise) if readnoise is not None else 0.0
+    chip_detector = generic_detector(headers, gain=gain, readnoise=readnoise)
+    meta.detector.gain = chip_detector.gain
+    meta.detector.readnoise = chip_detector.readnoise
     meta.detector.readout_direction = 0
     meta.dq_convention = "hst"
     meta.has_err = has_err
     meta.background.level = 0.0  # a header sky is used only on request (SkySub user_keyword)
     meta.background.subtracted = False
-    meta.group_id = path.name.rsplit(".", 1)[0]
+    for name, value in photometry_from(headers).items():
+        setattr(meta.photometry, name, value)
+    meta.header_cards = carried_cards(primary)
+    meta.rootname = exposure_root(path.name)
+    meta.group_id = exposure_root(path.name)
     meta.source.path = str(path.resolve())
     meta.source.format = "fits"
     meta.source.extension = ext

@@ -1,10 +1,17 @@
-"""Reader for HST FLT/FLC multi-extension files: one :class:`ImageModel` per SCI extension.
+"""Reader for HST calibrated exposures (ACS, WFC3, STIS, WFPC2, NICMOS): one
+:class:`ImageModel` per SCI extension.
 
 Units come from BUNIT (``ELECTRONS`` -> counts in electrons, ``ELECTRONS/S`` -> count rate,
-``COUNTS`` -> counts in DN); gain and read noise are the means of the non-zero ``ATODGN*`` and
-``READNSE*`` keywords, as AstroDrizzle does; the WCS is read by astropy.wcs from the SCI header
-and the file, so SIP, D2IM and NPOL lookup-table distortions are all included. The readout
-(CTE) direction follows drizzlepac's instrument classes.
+``COUNTS`` -> counts in DN), or from the instrument's calibrated units when BUNIT is absent;
+gain, read noise and readout direction from :mod:`.instruments` (AstroDrizzle's instrument
+classes); the WCS is read by astropy.wcs from the SCI header and the file, so SIP, D2IM and NPOL
+lookup-table distortions are all included.
+
+Exposure identity: one file is one exposure whose SCI extensions are its chips, whatever its
+ROOTNAME says (STIS CR-split members carry their association's ROOTNAME). STIS files are the
+exception AstroDrizzle makes too: each SCI extension is an imset, a separate exposure with its
+own EXPTIME and EXPSTART in its SCI header. WFPC2 ``_c0m`` files keep their DQ in the companion
+``_c1m`` file; WFC3/IR and NICMOS files carry a TIME extension (seconds per pixel).
 """
 
 from __future__ import annotations
@@ -12,21 +19,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 
 from ...exceptions import DrizzlepipeInputError
 from ..models import ImageModel
+from ..naming import exposure_root, strip_extension
 from ._common import (
+    carried_cards,
     celestial_wcs,
+    clear_bits,
     exposure_time,
     first_keyword,
     image_array,
-    mean_nonzero,
+    open_fits,
+    photometry_from,
+    reading,
     units_from,
 )
+from .instruments import hst_detector, is_stis_imset_file
 
-__all__ = ["is_hst", "sci_extvers", "read_hst_chip", "readout_direction"]
-
-_AMPS = "ABCD"
+__all__ = [
+    "is_hst",
+    "sci_extvers",
+    "read_hst_chip",
+    "hst_group_id",
+    "companion_dq_file",
+]
 
 
 def is_hst(primary_header):
@@ -43,36 +61,42 @@ def sci_extvers(hdulist):
     return versions
 
 
-def readout_direction(instrument, detector, extver, ccdamp=""):
-    """Charge-transfer direction along y for a chip (+1, -1, or 0 when there is none).
-
-    ACS/WFC and WFC3/UVIS: SCI,1 reads out towards -y, SCI,2 towards +y; ACS/HRC: amps A/B
-    +1, C/D -1; detectors without CTE trails along columns (SBC, IR, MAMA) 0.
-    """
-    instrument = str(instrument).upper()
-    detector = str(detector).upper()
-    if (instrument, detector) in (("ACS", "WFC"), ("WFC3", "UVIS")):
-        return -1 if extver == 1 else 1
-    if (instrument, detector) == ("ACS", "HRC"):
-        amp = str(ccdamp).strip().upper()[:1]
-        if amp in ("A", "B"):
-            return 1
-        if amp in ("C", "D"):
-            return -1
-    return 0
+def hst_group_id(path, primary, extver, n_sci):
+    """The exposure a chip belongs to: the file's root name (``j8bt06nyq_flt.fits`` ->
+    ``j8bt06nyq``); for a STIS file of several imsets, ``<root>_sci<n>`` per imset."""
+    root = exposure_root(Path(path).name)
+    if n_sci > 1 and is_stis_imset_file(primary):
+        return f"{root}_sci{extver}"
+    return root
 
 
-def _filter_name(primary):
-    names = []
-    for key in ("FILTER", "FILTER1", "FILTER2"):
-        value = str(primary.get(key, "")).strip()
-        if value and not value.upper().startswith("CLEAR") and value.upper() != "N/A":
-            names.append(value)
-    return ";".join(names) if names else None
+def companion_dq_file(path, primary):
+    """The WFPC2 ``_c1m`` file holding a ``_c0m`` file's DQ, or None when the DQ is in the file
+    itself (``_flt`` and other instruments). The file may not exist: callers check."""
+    if str(primary.get("INSTRUME", "")).strip().upper() != "WFPC2":
+        return None
+    stem = strip_extension(path)
+    if not stem.lower().endswith("_c0m"):
+        return None
+    return Path(path).with_name(f"{stem[:-4]}_c1m{Path(path).name[len(stem) :]}")
 
 
-def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None):
-    """Read SCI/ERR/DQ of one chip of an HST exposure into an :class:`ImageModel`.
+def _companion_dq(dq_path, extver, path, shape):
+    """The DQ array of chip ``extver`` from a WFPC2 ``_c1m`` file (its extensions carry the
+    chips in order; their EXTNAME varies: SCI, SDQ or DQ)."""
+    ext = f"{Path(dq_path).name}[{extver}]"
+    with reading(dq_path, ext), fits.open(dq_path, mode="readonly", memmap=False) as dq_list:
+        images = [hdu for hdu in dq_list[1:] if hdu.is_image and hdu.header.get("NAXIS") == 2]
+        matching = [hdu for hdu in images if int(hdu.header.get("EXTVER", 0)) == extver]
+        hdu = matching[0] if matching else (images[extver - 1] if extver <= len(images) else None)
+        if hdu is None:
+            raise DrizzlepipeInputError(dq_path, f"no DQ image for chip {extver} of {path}")
+        return image_array(hdu, dq_path, ext, np.uint32, shape)
+
+
+def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
+                  readnoise=None, resetbits=None):  # fmt: skip
+    """Read SCI/ERR/DQ (and TIME) of one chip of an HST exposure into an :class:`ImageModel`.
 
     Parameters
     ----------
@@ -86,6 +110,10 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None):
         ``counts``/``countrate``/``surface_brightness`` when BUNIT is missing or wrong.
     exptime : float, optional
         Exposure time [s] overriding EXPTIME.
+    gain, readnoise : float, optional
+        Gain [e-/DN] and read noise [e-] overriding the instrument's.
+    resetbits : int, optional
+        DQ bits cleared in the chip (in memory; the file is not touched).
 
     Returns
     -------
@@ -98,32 +126,46 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None):
     except KeyError:
         raise DrizzlepipeInputError(path, "no such extension", ext) from None
     primary = hdulist[0].header
+    # STIS keeps EXPTIME/EXPSTART of each imset in its SCI header: the SCI header comes first
     headers = (sci.header, primary)
-    data = image_array(sci, path, ext, np.float32)
+    with reading(path, ext):
+        data = image_array(sci, path, ext, np.float32)
     shape = data.shape
-
+    err, has_err = np.zeros(shape, np.float32), False
     if ("ERR", extver) in hdulist:
-        err = image_array(hdulist["ERR", extver], path, f"ERR,{extver}", np.float32, shape)
+        with reading(path, f"ERR,{extver}"):
+            err = image_array(hdulist["ERR", extver], path, f"ERR,{extver}", np.float32, shape)
         has_err = True
-    else:
-        err, has_err = np.zeros(shape, np.float32), False
-    if ("DQ", extver) in hdulist:
-        dq = image_array(hdulist["DQ", extver], path, f"DQ,{extver}", np.uint32, shape)
+    dq_path = companion_dq_file(path, primary)
+    if dq_path is not None and dq_path.is_file():
+        dq = _companion_dq(dq_path, extver, path, shape)
+    elif ("DQ", extver) in hdulist:
+        with reading(path, f"DQ,{extver}"):
+            dq = image_array(hdulist["DQ", extver], path, f"DQ,{extver}", np.uint32, shape)
     else:
         dq = np.zeros(shape, np.uint32)
+    clear_bits(dq, resetbits)
+    time_map = None
+    if ("TIME", extver) in hdulist:
+        with reading(path, f"TIME,{extver}"):
+            time_map = image_array(
+                hdulist["TIME", extver], path, f"TIME,{extver}", np.float32, shape
+            )
 
     wcs = celestial_wcs(sci.header, path, ext, hdulist)
     wcs.pixel_shape = (shape[1], shape[0])
     exp = exposure_time(headers, path, ext, ("EXPTIME",), exptime)
-    bunit = first_keyword(headers, ("BUNIT",))
-    kind, electrons, bunit = units_from(bunit, path, ext, units)
-
     instrument = str(primary.get("INSTRUME", "")).strip()
     detector = str(primary.get("DETECTOR", "")).strip()
-    gain = mean_nonzero([primary.get(f"ATODGN{a}") for a in _AMPS])
-    readnoise = mean_nonzero([primary.get(f"READNSE{a}") for a in _AMPS])
+    chip_detector = hst_detector(primary, sci.header, extver, gain=gain, readnoise=readnoise)
+    bunit = first_keyword(headers, ("BUNIT",))
+    if bunit is None and units is None:
+        bunit = chip_detector.native_bunit
+    kind, electrons, bunit = units_from(bunit, path, ext, units)
 
     model = ImageModel(data=data, dq=dq, err=err)
+    if time_map is not None:
+        model.time = time_map
     meta = model.meta
     meta.filename = path.name
     meta.telescope = "HST"
@@ -140,11 +182,9 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None):
     meta.units = kind
     meta.bunit = bunit
     meta.detector.in_electrons = bool(electrons) if electrons is not None else True
-    meta.detector.gain = gain if gain is not None else 1.0
-    meta.detector.readnoise = readnoise if readnoise is not None else 0.0
-    meta.detector.readout_direction = readout_direction(
-        instrument, detector, extver, primary.get("CCDAMP", "")
-    )
+    meta.detector.gain = chip_detector.gain
+    meta.detector.readnoise = chip_detector.readnoise
+    meta.detector.readout_direction = chip_detector.readout_direction
     if (idcscale := sci.header.get("IDCSCALE")) not in (None, ""):
         meta.detector.pixel_scale = float(idcscale)
     meta.dq_convention = "hst"
@@ -153,9 +193,40 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None):
     # subtracted again if the sky step is skipped); SkySub's user_keyword reads it on request.
     meta.background.level = 0.0
     meta.background.subtracted = False
-    rootname = str(primary.get("ROOTNAME", "")).strip().lower()
-    meta.group_id = rootname or path.name.split("_")[0]
+    for name, value in photometry_from(headers).items():
+        setattr(meta.photometry, name, value)
+    rootname = first_keyword(headers, ("EXPNAME",)) if is_stis_imset_file(primary) else None
+    meta.rootname = str(rootname or primary.get("ROOTNAME", "") or exposure_root(path.name))
+    meta.rootname = meta.rootname.strip().lower()
+    meta.header_cards = carried_cards(primary)
+    meta.group_id = hst_group_id(path, primary, extver, len(sci_extvers(hdulist)))
     meta.source.path = str(path.resolve())
     meta.source.format = "hst"
     meta.source.extension = ext
     return model
+
+
+def _filter_name(primary):
+    names = []
+    for key in ("FILTER", "FILTER1", "FILTER2", "FILTNAM1", "FILTNAM2"):
+        value = str(primary.get(key, "")).strip()
+        if value and not value.upper().startswith("CLEAR") and value.upper() != "N/A":
+            names.append(value)
+    return ";".join(names) if names else None
+
+
+def read_hst_file(path, selector=None, **options):
+    """All chips of an HST file (or the one ``selector`` names), as :func:`read_hst_chip`."""
+    with open_fits(path) as hdulist:
+        with reading(path):
+            versions = sci_extvers(hdulist)
+        if not versions:
+            raise DrizzlepipeInputError(path, "HST file without SCI extensions")
+        if selector is not None:
+            extname, extver = selector
+            if extname != "SCI" or extver not in versions:
+                problem = f"no such extension (SCI extensions: {versions})"
+                raise DrizzlepipeInputError(path, problem, f"{extname},{extver}")
+            return read_hst_chip(hdulist, path, extver, **options)
+        chips = [read_hst_chip(hdulist, path, extver, **options) for extver in versions]
+    return chips[0] if len(chips) == 1 else chips

@@ -12,7 +12,8 @@ import numpy as np
 
 from ...exceptions import DrizzlepipeInputError
 from ..models import ImageModel
-from ._common import units_from
+from ..naming import exposure_root
+from ._common import clear_bits, units_from
 
 __all__ = ["is_jwst", "read_jwst_image", "convert_jwst_model"]
 
@@ -22,8 +23,12 @@ def is_jwst(primary_header):
     return str(primary_header.get("TELESCOP", "")).strip().upper() == "JWST"
 
 
-def read_jwst_image(path, *, units=None, exptime=None):
-    """Open a JWST ``_cal`` image file and convert it to an :class:`ImageModel`."""
+def read_jwst_image(path, *, units=None, exptime=None, resetbits=None, gain=None, readnoise=None):
+    """Open a JWST ``_cal`` image file and convert it to an :class:`ImageModel`.
+
+    ``gain`` and ``readnoise`` are accepted for a uniform reader interface and not used: JWST
+    data are surface brightness whose noise comes from ERR and VAR_* arrays.
+    """
     from stdatamodels.jwst import datamodels as jwst_datamodels
 
     path = Path(path)
@@ -32,7 +37,9 @@ def read_jwst_image(path, *, units=None, exptime=None):
     except Exception as exc:  # stdatamodels raises many types for broken files
         raise DrizzlepipeInputError(path, f"not a readable JWST datamodel ({exc})") from None
     with jwst_model:
-        return convert_jwst_model(jwst_model, path, units=units, exptime=exptime)
+        return convert_jwst_model(
+            jwst_model, path, units=units, exptime=exptime, resetbits=resetbits
+        )
 
 
 #: meta.observation attributes and FITS keywords of JWST's exposure grouping, in order.
@@ -67,8 +74,44 @@ def _jwst_group_id(meta, fallback):
     return jwst_group_id((getattr(observation, name, None) for name, _ in _GROUP_PARTS), fallback)
 
 
-def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None):
-    """Convert an in-memory ``stdatamodels.jwst`` ImageModel into our :class:`ImageModel`."""
+#: stdatamodels.jwst attributes -> primary-header keywords that products carry.
+_CARRIED = (
+    ("target.catalog_name", "TARGNAME"),
+    ("target.proposer_name", "TARGPROP"),
+    ("observation.program_number", "PROGRAM"),
+    ("observation.date", "DATE-OBS"),
+    ("observation.time", "TIME-OBS"),
+    ("instrument.name", "INSTRUME"),
+    ("instrument.detector", "DETECTOR"),
+    ("instrument.filter", "FILTER"),
+    ("instrument.pupil", "PUPIL"),
+    ("instrument.channel", "CHANNEL"),
+    ("instrument.module", "MODULE"),
+)
+
+#: stdatamodels.jwst ``meta.photometry`` attributes -> our ``meta.photometry`` names.
+_PHOTOMETRY = (
+    ("conversion_megajanskys", "photmjsr"),
+    ("conversion_microjanskys", "photuja2"),
+    ("pixelarea_steradians", "pixar_sr"),
+    ("pixelarea_arcsecsq", "pixar_a2"),
+)
+
+
+def _attribute(meta, dotted):
+    value = meta
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None, resetbits=None):
+    """Convert an in-memory ``stdatamodels.jwst`` ImageModel into our :class:`ImageModel`.
+
+    ``resetbits`` (JWST flag names or bits) are cleared in the converted DQ only.
+    """
     name = path if path is not None else (jwst_model.meta.filename or "jwst_model")
     path = Path(name)
     ext = "SCI"
@@ -100,7 +143,9 @@ def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None):
     err = getattr(jwst_model, "err", None)
     model = ImageModel(
         data=np.asarray(data, np.float32),
-        dq=np.asarray(getattr(jwst_model, "dq", np.zeros(shape)), np.uint32),
+        dq=clear_bits(
+            np.array(getattr(jwst_model, "dq", np.zeros(shape)), np.uint32), resetbits, "jwst"
+        ),
         err=np.asarray(err if err is not None else np.zeros(shape), np.float32),
     )
     for array_name in ("var_rnoise", "var_poisson"):
@@ -135,6 +180,15 @@ def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None):
     background = meta_in.background
     meta.background.level = float(background.level) if background.level is not None else 0.0
     meta.background.subtracted = bool(background.subtracted) if background.subtracted else False
+    for source, name in _PHOTOMETRY:
+        if (value := _attribute(meta_in, f"photometry.{source}")) is not None:
+            setattr(meta.photometry, name, float(value))
+    cards = {"TELESCOP": "JWST"}
+    for attribute, keyword in _CARRIED:
+        if (value := _attribute(meta_in, attribute)) not in (None, ""):
+            cards[keyword] = value
+    meta.header_cards = cards
+    meta.rootname = exposure_root(path.name)
     meta.group_id = str(
         getattr(meta_in, "group_id", None) or _jwst_group_id(meta_in, path.name.split("_cal")[0])
     )
