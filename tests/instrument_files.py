@@ -233,3 +233,32 @@ def make_hst_asn(path, members, *, product="j8bt06040", memtype="EXP-DTH", prese
     primary.header.update(TELESCOP="HST", FILETYPE="ASN_TABLE", ASN_ID=product.upper())
     fits.HDUList([primary, table]).writeto(path)
     return Path(path)
+
+
+def make_wfpc2_c0m(outdir, *, rootname="u2ab0101t", atodgain=15.0, shape=(16, 18)):
+    """A tiny 4-group WFPC2 ``_c0m`` (PC1, WF2, WF3, WF4: DETECTOR 1-4 in each SCI header, the
+    PC at 0.0455 arcsec, the WFs at 0.0996) with its ``_c1m`` DQ file (EXTNAME SDQ), as the
+    archive's converted GEIS files are. Returns ``(c0m, c1m, dq arrays)``."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    primary = fits.Header()
+    primary.update(TELESCOP="HST", INSTRUME="WFPC2", ROOTNAME=rootname.upper(), FILTNAM1="F555W",
+                   FILTNAM2="", ATODGAIN=atodgain, EXPTIME=400.0, EXPSTART=49500.25,
+                   EXPEND=49500.2547, MODE="FULL")  # fmt: skip
+    sci_hdus, dq_hdus, dqs = [], [], []
+    for chip in (1, 2, 3, 4):
+        scale = 0.0455 if chip == 1 else 0.0996
+        sci = fits.ImageHDU(np.full(shape, 10.0 * chip, np.float32), name="SCI", ver=chip)
+        sci.header.update(tan_sip_header(shape, crval=(150.1, 2.2 + chip * 0.001),
+                                         scale_arcsec=scale, sip=False))  # fmt: skip
+        sci.header.update(DETECTOR=chip, BUNIT="COUNTS", PHOTFLAM=3.5e-18 * chip,
+                          PHOTMODE=f"WFPC2,{chip},A2D15,F555W,CAL")  # fmt: skip
+        dq = np.zeros(shape, np.int16)
+        dq[chip, :] = 2  # a row of calibration-file defects, different per chip
+        dq_hdus.append(fits.ImageHDU(dq, name="SDQ", ver=chip))
+        sci_hdus.append(sci)
+        dqs.append(dq)
+    c0m, c1m = outdir / f"{rootname}_c0m.fits", outdir / f"{rootname}_c1m.fits"
+    fits.HDUList([fits.PrimaryHDU(header=primary), *sci_hdus]).writeto(c0m)
+    fits.HDUList([fits.PrimaryHDU(header=primary.copy()), *dq_hdus]).writeto(c1m)
+    return c0m, c1m, dqs

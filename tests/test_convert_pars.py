@@ -298,7 +298,7 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
     assert tree["class"] == "drizzlepipe.pipelines.DrizzlePipeline"
     assert [s["name"] for s in tree["steps"]] == list(cp.STEP_CLASSES)
     assert [s["class"] for s in tree["steps"]] == list(cp.STEP_CLASSES.values())
-    assert tree["parameters"] == {"in_memory": True, "crbit": 4096}
+    assert tree["parameters"] == {"in_memory": True, "crbit": 4096, "resetbits": "4096"}
     steps = _steps(tree)
     assert steps["static_mask"] == {"skip": False, "sigma": 4.0}
     assert steps["sky_sub"] == {
@@ -360,21 +360,19 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
     assert _unmapped_names(unmapped) == [
         "input",
         "build",
-        "resetbits",
         "num_cores",
         "clean",
         "driz_sep_wt_scl",
         "gnkeyword",
     ]
-    reasons = {name: reason for name, _value, reason in unmapped}
-    assert "never modifies its inputs" in reasons["resetbits"]
+    assert tree["parameters"]["resetbits"] == "4096"  # cleared in memory, inputs untouched
     assert ("num_cores", None) in [(n, v) for n, v, _r in unmapped]
 
 
 def test_convert_hap_json_excerpt(acs_wfc_n6_json):
     tree, unmapped = cp.convert(cp.read_astrodrizzle_pars(acs_wfc_n6_json))
     steps = _steps(tree)
-    assert tree["parameters"] == {"in_memory": False, "crbit": 4096}
+    assert tree["parameters"] == {"in_memory": False, "crbit": 4096, "resetbits": "4096"}
     assert steps["sky_sub"]["good_bits"] == "80" and steps["sky_sub"]["method"] == "match"
     assert steps["driz_separate"]["kernel"] == "square"
     assert steps["driz_separate"]["good_bits"] == "336"
@@ -611,8 +609,8 @@ def test_cli_convert_pars(tmp_path, filter_hap_cfg, capsys):
     out = tmp_path / "pars.asdf"
     assert main(["convert-pars", str(filter_hap_cfg), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "not carried over as given (7)" in printed
-    assert "resetbits" in printed and "never modifies its inputs" in printed
+    assert "not carried over as given (6)" in printed
+    assert "gnkeyword" in printed and "docs/instruments.md" in printed
     assert f"to {out}" in printed
     with asdf.open(out) as af:
         assert {s["name"]: s["parameters"] for s in af.tree["steps"]}["blot_cr"]["snr"] == (
@@ -785,3 +783,16 @@ def test_peer_converts_every_shipped_astrodrizzle_file(tmp_path):
     assert len(hap_json) >= 50 and len([p for p in hap_json if "_n6" in p.name]) >= 4
     assert len(converted) - len(hap_json) == 8  # 4 astrodrizzle*.cfg + 4 per-step files
     assert "tweakreg.cfg" in refused and "acs_wfc_alignment_all.json" in refused
+
+
+def test_instrument_values_and_resetbits_are_carried_over():
+    """AstroDrizzle's gain/rdnoise/exptime values and resetbits become the pipeline's
+    parameters (the keyword names stay unmapped: the instrument table reads the keywords)."""
+    tree, unmapped = cp.convert(
+        {"gain": "2.5", "rdnoise": "4.2", "exptime": "", "resetbits": "0", "gnkeyword": "X"}
+    )
+    pars = tree["parameters"]
+    assert (pars["gain"], pars["readnoise"], pars["resetbits"]) == (2.5, 4.2, "0")
+    assert "exptime" not in pars
+    assert [name for name, _value, _reason in unmapped] == ["gnkeyword"]
+    cp.validate_tree(tree)

@@ -27,6 +27,7 @@ from instrument_files import (
     as_wfpc2,
     make_ir_flt,
     make_nicmos,
+    make_wfpc2_c0m,
 )
 
 REPO_DOCS = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs"
@@ -57,6 +58,22 @@ def test_wfpc2_c0m_reads_gain_and_readnoise_per_chip_and_dq_from_c1m(two_chip_si
             np.testing.assert_array_equal(chip.dq, expected)
             assert np.count_nonzero(dq_file["SDQ", number].data) > 0
     assert chips[0].meta.instrument.filter == "F606W"  # FILTNAM1
+
+
+def test_wfpc2_four_chip_c0m_at_gain_15(tmp_path):
+    c0m, _, dqs = make_wfpc2_c0m(tmp_path)
+    library = ModelLibrary(str(c0m))
+    assert list(library.group_indices) == ["u2ab0101t"]  # one exposure of four chips
+    with library:
+        chips = [library.borrow(i) for i in range(4)]
+        # drizzlepac's WFPC2_GAINS at ATODGAIN 15, chips 1-4
+        expected = [(13.99, 7.02), (14.50, 7.84), (13.95, 6.99), (13.95, 8.32)]
+        assert [(c.meta.detector.gain, c.meta.detector.readnoise) for c in chips] == expected
+        for chip, dq in zip(chips, dqs):
+            np.testing.assert_array_equal(chip.dq, dq.astype(np.uint32))
+        assert [round(c.meta.photometry.photflam / 3.5e-18) for c in chips] == [1, 2, 3, 4]
+        for index, chip in enumerate(chips):
+            library.shelve(chip, index, modify=False)
 
 
 def test_wfpc2_without_its_c1m_warns_that_every_pixel_is_good(

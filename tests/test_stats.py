@@ -452,3 +452,17 @@ def test_union_of_regions_matches_stsci_imagestats(rng, nregions):
     for name in FIELDS[1:]:
         # same tolerance as test_matches_stsci_imagestats (float rounding of sums only)
         assert union[name] == pytest.approx(float(getattr(peer, name)), rel=1e-4), name
+
+
+def test_has_usable_pixel_finds_the_last_one_and_respects_dq():
+    from drizzlepipe.algorithms.stats import has_usable_pixel
+
+    data = np.full((300, 20), np.nan, np.float32)
+    dq = np.zeros(data.shape, np.uint32)
+    assert not has_usable_pixel(data, dq, 4)
+    data[299, 19] = 1.0  # the only finite pixel, in the last block
+    assert has_usable_pixel(data, dq, 4)
+    dq[299, 19] = 4
+    assert not has_usable_pixel(data, dq, 4)  # flagged by a bad bit
+    assert has_usable_pixel(data, dq, 8)  # a bit that is not bad
+    assert has_usable_pixel(data, dq, 0)  # DQ ignored

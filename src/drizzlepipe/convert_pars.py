@@ -231,7 +231,6 @@ UNMAPPED_REASONS = {
     "coeffs": "distortion (SIP, lookup tables) is always applied",
     "group": "choose chips by the files/extensions given as input",
     "build": "products are always written as one multi-extension file",
-    "resetbits": "drizzlepipe never modifies its inputs, so no DQ bits need resetting",
     "num_cores": "parallelism is configured through dask (scheduler / n_workers), "
     "not in the parameter file",
     "rules_file": "headers are not blended with fitsblender rules; provenance is in meta",
@@ -246,12 +245,12 @@ UNMAPPED_REASONS = {
     "driz_sep_compress": "products are not tile-compressed",
     "final_wt_scl": "AstroDrizzle turns 'exptime' and 'expsq' into 1 [QUIRK]; "
     "driz_final.weight_type chooses the weights",
-    "gain": "detector gain is read from the input headers",
-    "gnkeyword": "detector gain is read from the input headers",
-    "rdnoise": "read noise is read from the input headers",
-    "rnkeyword": "read noise is read from the input headers",
-    "exptime": "exposure time is read from the input headers",
-    "expkeyword": "exposure time is read from the input headers",
+    "gnkeyword": "the gain comes from each instrument's keywords (docs/instruments.md); "
+    "a value is given with gain=",
+    "rnkeyword": "the read noise comes from each instrument's keywords (docs/instruments.md); "
+    "a value is given with readnoise=",
+    "expkeyword": "the exposure time comes from EXPTIME (each STIS imset's own); a value is "
+    "given with exptime=",
 }
 
 # MDRIZTAB column names that differ from AstroDrizzle's (drizzlepac mdzhandler.py).
@@ -638,6 +637,14 @@ class _Converter:
         else:
             self.report("stepsize", "must be at least 1; drizzlepipe's default (10) kept")
         self.put("driz_final", "context", p["context"])
+        # in memory only: drizzlepipe never edits its inputs as AstroDrizzle's resetbits does
+        self.put(None, "resetbits", _bits(p["resetbits"]) if p["resetbits"] != "" else "0")
+        for name, key in (("gain", "gain"), ("rdnoise", "readnoise"), ("exptime", "exptime")):
+            if str(p[name]).strip() != "":
+                try:
+                    self.put(None, key, float(p[name]))
+                except ValueError:
+                    self.report(name, "not a number; drizzlepipe reads it from the headers")
 
     def _static_mask(self):
         self.put("static_mask", "sigma", self.pars["static_sig"])

@@ -88,7 +88,7 @@ __all__ = [
     "LabelledSample",
     "imagestats",
     "union_imagestats",
-    "usable_pixel_count",
+    "has_usable_pixel",
 ]
 
 #: Statistics :func:`imagestats` can report.
@@ -1129,21 +1129,34 @@ def union_imagestats(
     )
 
 
-def usable_pixel_count(data: np.ndarray, bad_mask: np.ndarray | None = None) -> int:
-    """Number of pixels that can contribute to a product: finite and not masked.
+def has_usable_pixel(data: np.ndarray, dq: np.ndarray | None = None, bad_bits: int = 0,
+                     block_rows: int = 64) -> bool:  # fmt: skip
+    """True if some pixel is finite and has none of ``bad_bits`` set in ``dq``.
+
+    Rows are examined a block at a time and the search stops at the first usable pixel, so a
+    normal chip costs one block, not a pass over the whole array.
 
     Parameters
     ----------
     data : ndarray
-        Image values (any units).
-    bad_mask : ndarray of bool, optional
-        True = bad pixel (the package's mask convention), same shape as ``data``.
+        2-D image (any units).
+    dq : ndarray of int, optional
+        Data-quality flags, same shape as ``data``.
+    bad_bits : int
+        DQ bits that make a pixel unusable (0: DQ is not looked at).
+    block_rows : int
+        Rows per block.
 
     Returns
     -------
-    int
+    bool
     """
-    usable = np.isfinite(data)
-    if bad_mask is not None:
-        usable &= ~np.asarray(bad_mask, dtype=bool)
-    return int(np.count_nonzero(usable))
+    bad = np.uint32(int(bad_bits) & 0xFFFFFFFF)
+    for start in range(0, data.shape[0], block_rows):
+        rows = slice(start, start + block_rows)
+        usable = np.isfinite(data[rows])
+        if dq is not None and bad:
+            usable &= (dq[rows] & bad) == 0
+        if usable.any():
+            return True
+    return False

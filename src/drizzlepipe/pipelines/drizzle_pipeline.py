@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from ..algorithms.stats import usable_pixel_count
-from ..datamodels import ModelLibrary
+from ..algorithms.stats import has_usable_pixel
+from ..datamodels import ModelLibrary, dqflags
 from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor, frozen_objects
 from ..numpy_tuning import advise_once
@@ -40,7 +40,7 @@ from ..steps import (
     SkySubStep,
     StaticMaskStep,
 )
-from ..steps._drizzle_common import OutputGridMaker, bad_pixels, chip_label
+from ..steps._drizzle_common import OutputGridMaker, chip_label
 from .base import DrizPipeline
 
 __all__ = ["DrizzlePipeline"]
@@ -192,7 +192,10 @@ class DrizzlePipeline(DrizPipeline):
             for index in range(len(library)):
                 model = library.borrow(index)
                 try:
-                    if usable_pixel_count(model.data, bad_pixels(model, good_bits)) == 0:
+                    convention = model.meta.dq_convention or "hst"
+                    good = dqflags.interpret_good_bits(good_bits, convention)
+                    bad_bits = 0 if good is None else ~good & 0xFFFFFFFF
+                    if not has_usable_pixel(model.data, model.dq, bad_bits):
                         empty.append(index)
                         log.warning(
                             "%s: no usable pixel (all NaN or flagged by DQ bits outside "

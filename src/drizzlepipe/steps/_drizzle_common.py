@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -451,6 +452,7 @@ def input_member(info, mask):
     }
 
 
+@lru_cache(maxsize=1)
 def _drizzle_version():
     try:
         return version("drizzle")

@@ -140,7 +140,8 @@ class DrizSeparateStep(DrizStep):
         for reason in result.skipped:
             log.warning("%s: skipped", reason)
         if result.product is None:
-            log.warning("Exposure %s does not overlap the output grid: no single", meta[0])
+            why = "none of its chips could be drizzled" if result.skipped else "no overlap"
+            log.warning("Exposure %s: %s, no single", meta[0], why)
             return None
         single = self._single(result, meta, grid)
         log.info("Single %d/%d: %s", number, total, single.meta.filename)
