@@ -216,9 +216,10 @@ class DrizzlePipeline(DrizPipeline):
     def _check_grids(self, library):
         """Make the output grids of the drizzle steps now, so that a grid too large (or a
         reference image that cannot be read) is reported before any work, not after it."""
+        single_exposure = len(library.group_indices) < 2  # no singles are made then
         for name in ("driz_separate", "driz_final"):
             step = getattr(self, name)
-            if not step.skip:
+            if not step.skip and not (name == "driz_separate" and single_exposure):
                 grid = OutputGridMaker.from_step(step).make(library)
                 log.info(
                     "%s grid: %d x %d pixels at %.5f arcsec",
@@ -273,9 +274,9 @@ class DrizzlePipeline(DrizPipeline):
                 flagged = sum(int(chip.cr_npix or 0) for chip in chips)
                 pixels = sum(int(np.prod(chip.shape)) for chip in chips)
                 rows.append((group, ", ".join(files), extensions, skies, flagged / pixels))
-        widths = [max(len(header), *(len(row[k]) for row in rows))
-                  for k, header in enumerate(("exposure", "file", "chips", "sky"))]  # fmt: skip
         header = ("exposure", "file", "chips", "sky (data units/pixel)")
+        widths = [max(len(title), *(len(row[k]) for row in rows))
+                  for k, title in enumerate(header)]  # fmt: skip
         lines = ["  ".join(f"{text:<{w}}" for text, w in zip(header, widths)) + "  CR fraction"]
         for row in rows:
             cells = "  ".join(f"{text:<{w}}" for text, w in zip(row[:4], widths))

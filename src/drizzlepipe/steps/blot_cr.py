@@ -307,12 +307,12 @@ class BlotCRStep(DrizStep):
 
 
 def clear_own_flags(model):
-    """Clear the DQ bits a previous BlotCR run set in ``model`` (recorded in ``cr_flags`` and
-    ``meta.cosmic_rays.crbit``); bits the input had already are left alone."""
+    """Clear the DQ bits a previous BlotCR run set in ``model`` (the pixels in ``cr_flags``,
+    the value in ``meta.cosmic_rays.crbit``); bits the input had already are left alone."""
     if model.cr_flags is None or not model.meta.cosmic_rays.crbit:
         return
-    mask = np.unpackbits(model.cr_flags, count=model.dq.size).reshape(model.dq.shape)
-    model.dq[mask.astype(bool)] &= np.uint32(~int(model.meta.cosmic_rays.crbit) & 0xFFFFFFFF)
+    pixels = np.unravel_index(model.cr_flags, model.dq.shape)
+    model.dq[pixels] &= np.uint32(~int(model.meta.cosmic_rays.crbit) & 0xFFFFFFFF)
     del model.cr_flags
     for name in ("crbit", "npix", "fraction"):
         if model.meta.cosmic_rays.hasattr(name):
@@ -323,9 +323,10 @@ def set_own_flags(model, cr_mask, crbit):
     """OR ``crbit`` into the DQ at ``cr_mask`` and remember the pixels that did not have it
     (:func:`clear_own_flags` undoes exactly this)."""
     crbit = np.uint32(crbit)
-    newly = cr_mask & ((model.dq & crbit) != crbit)
-    model.dq[cr_mask] |= crbit
-    model.cr_flags = np.packbits(newly, axis=None)
+    flagged = np.flatnonzero(cr_mask)
+    pixels = np.unravel_index(flagged, model.dq.shape)
+    model.cr_flags = flagged[(model.dq[pixels] & crbit) != crbit].astype(np.int64)
+    model.dq[pixels] |= crbit
     model.meta.cosmic_rays.crbit = int(crbit)
 
 

@@ -70,12 +70,17 @@ def _open_own(cls, path):
         raise DrizzlepipeInputError(path, f"damaged drizzlepipe product ({exc})") from None
 
 
-def _open_asdf(path):
+def _asdf_model_type(path):
+    """``meta.model_type`` of an ASDF file (its tree only); a clear error when unreadable."""
     try:
         with asdf.open(path, lazy_load=True, memmap=False) as af:
-            model_type = af.tree.get("meta", {}).get("model_type")
+            return af.tree.get("meta", {}).get("model_type")
     except Exception as exc:  # asdf raises many types for damaged files
         raise DrizzlepipeInputError(path, f"unreadable ASDF file ({exc})") from None
+
+
+def _open_asdf(path):
+    model_type = _asdf_model_type(path)
     cls = _OWN_MODELS.get(model_type)
     if cls is None:
         raise DrizzlepipeInputError(
@@ -153,10 +158,8 @@ def product_model_type(name):
     if selector is not None or not path.is_file():
         return None
     try:
-        kind = file_kind(path)
-        if kind == "asdf":
-            with asdf.open(path, lazy_load=True, memmap=False) as af:
-                return af.tree.get("meta", {}).get("model_type")
+        if file_kind(path) == "asdf":
+            return _asdf_model_type(path)
         cls = _own_model_class(fits.getheader(path, 0))
     except Exception:  # a foreign or damaged file is not one of our products
         return None
@@ -238,7 +241,8 @@ def inspect_file(path, selector=None, *, options=None):
     path = Path(path).resolve()
     options = options or {}
     if file_kind(path) == "asdf":
-        return [ExposureRecord(path, [str(path)], product=_asdf_product(path))]
+        resampled = _asdf_model_type(path) == "ResampledModel"
+        return [ExposureRecord(path, [str(path)], product="resampled" if resampled else None)]
     with open_fits(path) as hdulist:
         with reading(path):
             len(hdulist)  # reads every header: a damaged one is named here
@@ -265,15 +269,6 @@ def inspect_file(path, selector=None, *, options=None):
                     raise DrizzlepipeInputError(path, problem, f"{selector[0]},{selector[1]}")
             return _hst_records(path, hdulist, versions, selector, copy_of, options)
         return [_plain_record(path, hdulist, copy_of, options)]
-
-
-def _asdf_product(path):
-    try:
-        with asdf.open(path, lazy_load=True, memmap=False) as af:
-            model_type = af.tree.get("meta", {}).get("model_type")
-    except Exception as exc:  # asdf raises many types for damaged files
-        raise DrizzlepipeInputError(path, f"unreadable ASDF file ({exc})") from None
-    return "resampled" if model_type == "ResampledModel" else None
 
 
 def _text(header, key):
