@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 PBIN := $(PEERS_VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint test-peers bench demo clean
+.PHONY: install test lint test-peers bench demo docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,demo]'
+	$(BIN)/python -m pip install -q -e '.[test,bench,demo,quicklook]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -38,8 +38,17 @@ test-peers: $(PBIN)/.installed
 bench: $(BIN)/.installed $(PBIN)/.installed
 	$(BIN)/python bench/run_all.py --peer-python $(PBIN)/python
 
+$(BIN)/.installed-docs: pyproject.toml $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+# The documentation site (docs/_build/html); warnings are errors.
+docs: $(BIN)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	$(BIN)/python docs/_ext/check_parameters.py docs/_build/html
+
 demo: $(BIN)/.installed
 	$(BIN)/python -m drizzlepipe.demo demo_output --cfg cfg/few_exposures.asdf
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) demo_output bench/output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) demo_output bench/output docs/_build .pytest_cache .ruff_cache

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
+import sys
 import threading
 import time
 
@@ -124,10 +126,45 @@ def test_progress_bar_on_request_and_not_by_default_off_a_terminal(scheduler, ca
     with Executor(scheduler, n_workers=2, progress=True) as executor:
         assert executor.map(_slow_square, [1, 2, 3, 4], label="Squaring") == [1, 4, 9, 16]
     drawn = capsys.readouterr().err
-    assert "Squaring (4 tasks)" in drawn and "100% Completed" in drawn
+    assert "] 100% Squaring 4/4 |" in drawn and drawn.endswith("\n")
     with Executor(scheduler, n_workers=2) as executor:  # stderr is not a terminal here
         assert executor.map(_slow_square, [1, 2, 3]) == [1, 4, 9]
-    assert "Completed" not in capsys.readouterr().err
+    quiet = capsys.readouterr().err
+    assert "Squaring" not in quiet and "%" not in quiet
+
+
+def _square_and_log(value):
+    logging.getLogger("drizzlepipe.test_progress").warning("squared %d", value)
+    return value * value
+
+
+@pytest.mark.parametrize("scheduler", ["serial", "threads"])
+def test_log_records_never_land_inside_a_progress_line(scheduler, capsys):
+    logger = logging.getLogger("drizzlepipe.test_progress")
+    handler = logging.StreamHandler(sys.stderr)  # the stream the progress line is drawn on
+    logger.addHandler(handler)
+    try:
+        with Executor(scheduler, n_workers=2, progress=True) as executor:
+            executor.map(_square_and_log, [1, 2, 3], label="Squaring")
+            logger.warning("after the map")
+    finally:
+        logger.removeHandler(handler)
+    lines = capsys.readouterr().err.split("\n")
+    # the progress line is whole, then the records held while it was drawn, in order
+    assert lines[0].startswith("\r[") and lines[0].endswith("|" + lines[0].split("|")[-1])
+    assert "squared" not in lines[0]
+    assert sorted(lines[1:4]) == ["squared 1", "squared 2", "squared 3"]
+    assert lines[4] == "after the map"
+    assert not handler.filters  # nothing held any more
+
+
+def test_without_a_terminal_a_long_map_logs_its_progress_by_quarters(caplog):
+    with caplog.at_level(logging.INFO, logger="drizzlepipe.console"):
+        with Executor("serial") as executor:
+            executor.map(abs, range(40), label="Counting")
+    quarters = [r.getMessage() for r in caplog.records if r.name == "drizzlepipe.console"]
+    assert quarters == ["Counting: 10 of 40 done", "Counting: 20 of 40 done",
+                        "Counting: 30 of 40 done"]  # fmt: skip
 
 
 @pytest.mark.parametrize("fork", [True, False])

@@ -249,3 +249,82 @@ def test_run_summary_lists_every_exposure_with_its_file_and_chips(small_simulati
         root = path.name.removesuffix("_flt.fits")
         line = next(line for line in summary.splitlines() if line.startswith(root))
         assert path.name in line and "SCI,1 SCI,2" in line
+
+
+def test_a_stis_imset_and_its_member_file_are_one_exposure(one_chip_simulation, tmp_path):
+    path = as_stis_imsets(one_chip_simulation.flt_files, tmp_path / "o4k19a010_flt.fits")
+    member = tmp_path / "members" / "o4k19ab0q_flt.fits"  # written beside it, imset 1's file
+    with pytest.raises(DrizzlepipeInputError, match="same exposure"):
+        ModelLibrary([str(path), str(member)])
+
+
+def test_files_named_like_products_are_exposures_when_named(one_chip_simulation, tmp_path,
+                                                            caplog):  # fmt: skip
+    # plain names a user may choose; only a header says a file is a drizzled product
+    names = ("m51_skysub.fits", "night2_median.fits")
+    sources = one_chip_simulation.flt_files
+    named = [copy_as(src, tmp_path / name, ROOTNAME=f"x{n}")
+             for n, (src, name) in enumerate(zip(sources, names))]  # fmt: skip
+    library = ModelLibrary([str(p) for p in named])
+    assert len(library.group_indices) == 2
+    # matched by a glob they are left out, by name, as the products they look like
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(DrizzlepipeInputError, match="no exposure"):
+            ModelLibrary(str(tmp_path / "*.fits"))
+    assert "m51_skysub.fits: a drizzle product" in caplog.text
+
+
+def test_jwst_pipeline_crf_files_are_exposures_in_a_glob(tmp_path):
+    """The JWST pipeline's outlier detection writes ``_crf`` files, the usual input of its
+    resample step: only drizzlepipe's own copies (DPPRODTP in the header) are left out."""
+    from stdatamodels.jwst import datamodels as jdm
+
+    make_jwst_cal(tmp_path / "x.fits")
+    with jdm.open(str(tmp_path / "x.fits")) as model:
+        for number in (1, 2):
+            model.meta.observation.exposure_number = str(number)
+            model.save(str(tmp_path / f"jw01234001001_01101_0000{number}_nrcb1_crf.fits"))
+    (tmp_path / "x.fits").unlink()
+    library = ModelLibrary(str(tmp_path / "jw*_crf.fits"))
+    assert len(library.group_indices) == 2
+
+
+def test_the_same_exposure_without_rootname_twice_is_refused(one_chip_simulation, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    copies = [without_rootname(one_chip_simulation.flt_files[0], tmp_path / d / "hrc_a.fits")
+              for d in "ab"]  # fmt: skip
+    with pytest.raises(DrizzlepipeInputError, match="EXPSTART .*EXPTIME"):
+        ModelLibrary([str(p) for p in copies])
+
+
+def test_copies_of_files_with_one_name_in_two_directories_do_not_collide(
+    one_chip_simulation, tmp_path
+):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    inputs = [without_rootname(src, tmp_path / d / "hrc.fits")
+              for src, d in zip(one_chip_simulation.flt_files, "ab")]  # fmt: skip
+    out = tmp_path / "out"
+    DrizzlePipeline.call([str(p) for p in inputs], output_dir=str(out), configure_log=False,
+                         steps={"blot_cr": {"save_results": True},
+                                "sky_sub": {"save_results": True}})  # fmt: skip
+    assert sorted(p.name for p in out.glob("*_crf.fits")) == ["hrc_2_crf.fits", "hrc_crf.fits"]
+    assert sorted(p.name for p in out.glob("*_sky.fits")) == ["hrc_2_sky.fits", "hrc_sky.fits"]
+    assert sorted(p.name for p in out.glob("*_single.fits")) == []  # not asked for
+    with fits.open(out / "hrc_2_crf.fits") as second, fits.open(inputs[1]) as original:
+        np.testing.assert_array_equal(second["SCI", 1].data, original["SCI", 1].data)
+
+
+def test_plain_fits_of_one_start_and_exposure_time_are_kept_with_a_warning(tmp_path, caplog):
+    from fitsfactory import make_plain_fits
+
+    for name in ("ccd1.fits", "ccd2.fits"):  # e.g. two CCDs of a mosaic camera
+        make_plain_fits(tmp_path / name)
+        with fits.open(tmp_path / name, mode="update") as hdulist:
+            hdulist[0].header["MJD-OBS"] = 60123.5
+            hdulist[0].header["INSTRUME"] = "MOSAIC"
+    with caplog.at_level(logging.WARNING):
+        library = ModelLibrary(str(tmp_path / "ccd*.fits"))
+    assert len(library.group_indices) == 2
+    assert "the same exposure twice?" in caplog.text

@@ -165,3 +165,52 @@ def test_a_failed_run_keeps_a_directory_that_existed(small_simulation, tmp_path)
             steps={"driz_final": {"max_pixels": 10}}, configure_log=False,
         )  # fmt: skip
     assert out.is_dir()
+
+
+def test_a_truncated_association_table_is_named(small_simulation, tmp_path):
+    roots = [p.name.removesuffix("_flt.fits") for p in _copies(small_simulation, tmp_path, 2)]
+    asn = make_hst_asn(tmp_path / "x_asn.fits", roots)
+    data = asn.read_bytes()
+    asn.write_bytes(data[: len(data) - 2880])  # the table's data block cut off
+    with pytest.raises(DrizzlepipeInputError) as error:
+        ModelLibrary(str(asn))
+    assert "x_asn.fits" in str(error.value)
+
+
+def test_max_pixels_refuses_and_accepts_as_set(small_simulation):
+    files = [str(p) for p in small_simulation.flt_files[:2]]
+
+    def steps(max_pixels):
+        return {"blot_cr": {"skip": True},
+                "driz_final": {"pixel_scale": 0.02, "max_pixels": max_pixels}}  # fmt: skip
+
+    with pytest.raises(OutputGridTooLargeError, match="max_pixels"):
+        DrizzlePipeline.call(files, configure_log=False, steps=steps(100_000))
+    final = DrizzlePipeline.call(files, configure_log=False, steps=steps(2_000_000))
+    assert 100_000 < final.data.size <= 2_000_000
+
+
+def test_leaving_a_chip_out_keeps_allow_mixed_for_models(small_simulation, tmp_path):
+    import drizzlepipe.datamodels as dm
+
+    files = _copies(small_simulation, tmp_path, 3)
+    other = with_filter(small_simulation.flt_files[3], tmp_path / "iother0aq_flt.fits", "F814W")
+    models = [dm.open(str(p)) for p in [*files, other]]
+    models[0][0].data[:] = np.nan  # a chip without a usable pixel: the library is subset
+    final = DrizzlePipeline.call(models, allow_mixed=True, configure_log=False)
+    assert final.meta.resample.ndrizim == 7
+
+
+def test_ivm_weights_of_surface_brightness_need_var_rnoise(tmp_path):
+    from stdatamodels.jwst import datamodels as jdm
+
+    from drizzlepipe.steps import DrizFinalStep
+    from fitsfactory import make_jwst_cal
+
+    path = tmp_path / "jw01234001001_01101_00001_nrcb1_cal.fits"
+    make_jwst_cal(path)
+    with jdm.open(str(path)) as model:
+        del model.var_rnoise
+        model.save(str(path))
+    with pytest.raises(DrizzlepipeInputError, match="VAR_RNOISE"):
+        DrizFinalStep.call(str(path), weight_type="ivm", configure_log=False)

@@ -222,3 +222,40 @@ def test_real_hrc_exposure_metadata(shared_data):
     assert chip.meta.detector.readout_direction == -1
     assert chip.meta.photometry.photflam == pytest.approx(1.2781042e-19)
     assert chip.meta.header_cards.instance["TARGNAME"] == "NGC104"
+
+
+def test_stated_units_with_a_gain_are_dn_and_converted(tmp_path, caplog):
+    """A plain DN image without BUNIT (units= required): with gain= it is converted; the
+    review of issue 16 found the gain ignored then (electrons assumed)."""
+    path = tmp_path / "frame.fits"
+    make_plain_fits(path, bunit=None)
+    library = ModelLibrary(str(path), units="counts", gain=2.5)
+    with library:
+        model = library.borrow(0)
+        assert model.meta.detector.in_electrons is False
+        assert electrons_factor(model) == 2.5
+        library.shelve(model, 0, modify=False)
+    # stated units without a gain: what BUNIT says (ADU: DN, so the missing gain is warned)
+    make_plain_fits(path, bunit="ADU")
+    with caplog.at_level(logging.WARNING):
+        chip = ModelLibrary(str(path), units="countrate")
+    assert "1 e-/DN assumed" in caplog.text
+    assert len(chip) == 1
+    with pytest.raises(ValueError, match="gain must be a positive"):
+        dm.open(str(path), gain=0.0)
+
+
+def test_jwst_variance_includes_var_flat(tmp_path):
+    from stdatamodels.jwst import datamodels as jdm
+
+    from drizzlepipe.steps._drizzle_common import chip_variance
+    from fitsfactory import make_jwst_cal
+
+    path = tmp_path / "jw01234001001_01101_00001_nrcb1_cal.fits"
+    make_jwst_cal(path)
+    with jdm.open(str(path)) as model:
+        model.var_flat = np.full(model.data.shape, 3e-5, np.float32)
+        model.save(str(path))
+    chip = dm.open(str(path))
+    # VAR_POISSON 4e-5 + VAR_RNOISE 6e-5 + VAR_FLAT 3e-5, as JWST's ERR is made
+    np.testing.assert_allclose(chip_variance(chip, 1.0), 1.3e-4, rtol=1e-6)

@@ -197,3 +197,51 @@ def test_resetbits_auto_leaves_jwst_flags(tmp_path):
     (explicit,) = _state(ModelLibrary(str(path), resetbits="WARM"), "dq")
     assert auto["dq"][5, 5] == 4096 and explicit["dq"][5, 5] == 0
     assert model.dq[2, 3] == 1
+
+
+def test_blot_cr_takes_the_median_model_as_median(small_simulation, median_product, tmp_path):
+    by_keyword, positional, by_path = (_library(small_simulation) for _ in range(3))
+    _call(BlotCRStep, by_keyword, median=median_product)
+    _call(BlotCRStep, positional, median_product)
+    path = median_product.save(str(tmp_path / "x_med.fits"))
+    _call(BlotCRStep, by_path, median=path)
+    once = _state(positional, "dq")
+    _assert_same(_state(by_keyword, "dq"), once)
+    _assert_same(_state(by_path, "dq"), once)
+    with pytest.raises(TypeError, match="either"):
+        _call(BlotCRStep, _library(small_simulation), median_product, median=median_product)
+
+
+def test_every_step_documents_what_process_takes_and_returns():
+    from drizzlepipe.pipelines import DrizzlePipeline
+
+    for cls in (StaticMaskStep, SkySubStep, DrizSeparateStep, CreateMedianStep, BlotCRStep,
+                DrizFinalStep, DrizzlePipeline):  # fmt: skip
+        doc = cls.process.__doc__ or ""
+        assert "Parameters\n" in doc and "Returns\n" in doc, cls.__name__
+
+
+def test_sky_twice_keeps_a_sky_the_input_had_subtracted(tmp_path):
+    """A JWST image whose background the JWST pipeline subtracted (level 0.2): two subtracting
+    calls equal one (the review of issue 16 found the file's 0.2 lost by the second)."""
+    from stdatamodels.jwst import datamodels as jdm
+
+    from fitsfactory import simple_gwcs
+
+    paths = []
+    for number, offset in enumerate((0.0, 2.5)):
+        path = tmp_path / f"jw01234001001_01101_0000{number + 1}_nrcb1_cal.fits"
+        make_jwst_cal(path, seed=number)
+        with jdm.open(str(path)) as model:
+            model.meta.observation.exposure_number = str(number + 1)
+            model.meta.wcs = simple_gwcs(model.data.shape, offset=(offset, 0.0))
+            model.meta.background.subtracted = True  # level 0.2 from make_jwst_cal
+            model.save(str(path))
+        paths.append(str(path))
+    twice = ModelLibrary(paths)
+    _call(SkySubStep, twice, method="localmin", subtract=True)
+    _call(SkySubStep, twice, method="globalmin", subtract=True)
+    once = ModelLibrary(paths)
+    _call(SkySubStep, once, method="globalmin", subtract=True)
+    names = ("data", "meta.background.level", "meta.background.subtracted")
+    _assert_same(_state(twice, *names), _state(once, *names))

@@ -10,6 +10,7 @@ Example
 ::
 
     drizzlepipe simulate OUTDIR --exposures 4 --shape 1024 1024 --chips 2 --seed 0
+    drizzlepipe quicklook out/final_drz.fits --crf out/*_crf.fits -o quicklook.png
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert_pars
+from . import convert_pars, quicklook
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -127,6 +128,11 @@ SUBCOMMANDS = {
         convert_pars.add_arguments,
         convert_pars.run,
         "convert an AstroDrizzle parameter file (.cfg, HAP .json, MDRIZTAB) to ASDF parameters",
+    ),
+    "quicklook": (
+        quicklook.add_arguments,
+        quicklook.run,
+        "write a PNG of a product, its weight map and the cosmic rays of _crf files",
     ),
 }
 

@@ -19,49 +19,10 @@ import numpy as np
 from astropy.io import fits
 
 from .numpy_tuning import tuned_environment
+from .quicklook import quicklook
 from .simulator import simulate
 
-__all__ = ["main", "quicklook"]
-
-
-def _stretch(image, low=0.5, high=99.7):
-    """asinh stretch between two percentiles of the finite pixels, mapped to [0, 1]."""
-    finite = image[np.isfinite(image)]
-    if finite.size == 0:
-        return np.zeros_like(image)
-    vmin, vmax = np.percentile(finite, [low, high])
-    scale = max(vmax - vmin, 1e-12)
-    scaled = np.clip((image - vmin) / scale, 0, 1)
-    return np.arcsinh(10 * scaled) / np.arcsinh(10)
-
-
-def quicklook(final_path, crf_path, png_path):
-    """Final image, weight map and one input chip with its cosmic rays, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with fits.open(final_path) as final, fits.open(crf_path) as crf:
-        science, weight = final["SCI"].data, final["WHT"].data
-        chip, dq = crf["SCI", 1].data, crf["DQ", 1].data
-    figure, axes = plt.subplots(1, 3, figsize=(16, 6.5))
-    axes[0].imshow(_stretch(science), origin="lower", cmap="gray")
-    axes[0].set_title(f"{Path(final_path).name} (asinh stretch)")
-    shown = axes[1].imshow(weight, origin="lower", cmap="viridis")
-    axes[1].set_title("weight (s)")
-    figure.colorbar(shown, ax=axes[1], fraction=0.046)
-    axes[2].imshow(_stretch(chip), origin="lower", cmap="gray")
-    cosmic = np.ma.masked_where((dq.astype(np.uint32) & 4096) == 0, np.ones(dq.shape))
-    axes[2].imshow(cosmic, origin="lower", cmap="autumn", alpha=0.9, interpolation="nearest")
-    axes[2].set_title(f"{Path(crf_path).name} SCI,1: cosmic rays in red")
-    for axis in axes:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=90)
-    plt.close(figure)
-    return png_path
+__all__ = ["main"]
 
 
 def _recall(simulation, outdir):
@@ -132,7 +93,7 @@ def main(argv=None):
     print(_summary_table(run.stderr))
 
     final = products / "demo_drz.fits"
-    crf = products / f"{simulation.rootnames[0]}_crf.fits"
+    crf = [products / f"{root}_crf.fits" for root in simulation.rootnames[:2]]
     png = quicklook(final, crf, outdir / "quicklook.png")
     print(f"Cosmic-ray recall against the simulator's truth (deposits > 5 sigma): "
           f"{_recall(simulation, products):.4f}")  # fmt: skip

@@ -1,6 +1,6 @@
 """One execution layer for independent per-chip and per-exposure work.
 
-``scheduler`` is ``serial`` (in the calling thread), ``threads`` (dask's thread pool),
+``scheduler`` is ``serial`` (in the calling thread), ``threads`` (a thread pool),
 ``processes`` (worker processes of a ``concurrent.futures`` pool, given the tasks directly: a
 step's few large tasks need no task graph) or the address of a running ``dask.distributed``
 scheduler (``tcp://host:port``). Results never depend on the scheduler:
@@ -21,6 +21,9 @@ cluster, or platforms without ``fork``) an array is written once to a scratch di
 ``.npy`` and workers memory-map it; the scratch directory must then be on a file system the
 workers share. Objects that cannot be inherited are opened by the worker from a file
 (:class:`ObjectRef` with an opener).
+
+Progress of a map is drawn by :class:`drizzlepipe.console.Progress` (on a terminal; log records
+are held while the line is drawn, so the two never mix).
 """
 
 from __future__ import annotations
@@ -37,17 +40,18 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .console import Progress, stop_holding
 
 __all__ = ["ArrayRef", "ObjectRef", "Executor", "SCHEDULERS", "default_workers", "frozen_objects"]
 
@@ -261,33 +265,20 @@ def _fork_workers(pool):
 
 def _run_pickled(payload):
     """Run a task pickled by :meth:`Executor._map_on_pool`: ``func(item)``."""
+    stop_holding()  # forked while a progress line held the log: this worker writes its own
     func, item = pickle.loads(payload)
     return func(item)
 
 
-def _draw_progress(label, futures, width=40):
-    """Draw the completion of ``futures`` on standard error as they finish (the format of
-    dask's progress bar, which the other schedulers use)."""
+def _await(futures, progress):
+    """Wait for ``futures`` in completion order, counting them on ``progress``; stop at the
+    first failure (the caller raises it)."""
     from concurrent.futures import as_completed
 
-    started = time.perf_counter()
-    total = len(futures)
-    if label:
-        print(f"{label} ({total} tasks)", file=sys.stderr, flush=True)
-
-    def draw(done):
-        filled = int(round(width * done / total))
-        bar = "#" * filled + " " * (width - filled)
-        elapsed = time.perf_counter() - started
-        line = f"\r[{bar}] | {100 * done // total:3d}% Completed | {elapsed:5.1f}s"
-        print(line, end="", file=sys.stderr, flush=True)
-
-    draw(0)
-    for done, future in enumerate(as_completed(futures), start=1):
-        draw(done)
+    for future in as_completed(futures):
+        progress.update()
         if future.exception() is not None:
-            break  # the map raises now; no need to wait for the other tasks
-    print(file=sys.stderr, flush=True)
+            break
 
 
 @contextlib.contextmanager
@@ -444,22 +435,30 @@ class Executor:
         items = list(items)
         if not items:
             return []
-        if self.scheduler == "processes" and not self.shares_memory:
-            return self._map_on_pool(func, items, label)
-        bar = self._progress_bar(label, len(items))
-        if self.shares_memory and self.scheduler != "threads" and bar is None:
-            return [func(item) for item in items]
-        import dask
+        if self.scheduler.startswith(("tcp://", "tls://")):
+            import dask
 
-        tasks = [dask.delayed(func, pure=False)(item) for item in items]
-        with bar or contextlib.nullcontext():
-            if self.scheduler == "threads":
-                return list(dask.compute(*tasks, scheduler="threads", num_workers=self.n_workers))
-            if self.shares_memory:
-                return list(dask.compute(*tasks, scheduler="sync"))
-        return list(dask.compute(*tasks, scheduler=self._distributed_client()))
+            tasks = [dask.delayed(func, pure=False)(item) for item in items]
+            return list(dask.compute(*tasks, scheduler=self._distributed_client()))
+        with self._progress(label, len(items)) as progress:
+            if self.scheduler == "processes" and not self.shares_memory:
+                return self._map_on_pool(func, items, progress)
+            if self.scheduler == "threads" and self.n_workers > 1 and len(items) > 1:
+                with ThreadPoolExecutor(min(self.n_workers, len(items))) as pool:
+                    futures = [pool.submit(func, item) for item in items]
+                    try:
+                        _await(futures, progress)
+                        return [future.result() for future in futures]
+                    finally:
+                        for future in futures:
+                            future.cancel()  # after a failure, the tasks not started yet
+            results = []
+            for item in items:
+                results.append(func(item))
+                progress.update()
+            return results
 
-    def _map_on_pool(self, func, items, label):
+    def _map_on_pool(self, func, items, progress):
         """``map`` on the worker processes, submitted to the pool directly.
 
         A step's tasks are few, large and independent, so a task graph adds nothing; going
@@ -483,8 +482,7 @@ class Executor:
         try:
             for payload in payloads:
                 futures.append(pool.submit(_run_pickled, payload))
-            if self._wants_progress(len(items)):
-                _draw_progress(label, futures)
+            _await(futures, progress)
             return [future.result() for future in futures]
         except BrokenProcessPool:
             broken = True
@@ -497,19 +495,11 @@ class Executor:
                 # keep the parent's memory as it was then: none outlives its map.
                 self._close_pool()
 
-    def _wants_progress(self, n_tasks):
-        wanted = self.progress if self.progress is not None else sys.stderr.isatty()
-        return bool(wanted) and n_tasks >= 2 and not self.scheduler.startswith(("tcp://", "tls://"))
-
-    def _progress_bar(self, label, n_tasks):
-        """dask's progress bar on standard error, or None."""
-        if not self._wants_progress(n_tasks):
-            return None
-        from dask.diagnostics import ProgressBar
-
-        if label:
-            print(f"{label} ({n_tasks} tasks)", file=sys.stderr, flush=True)
-        return ProgressBar(minimum=0.5, out=sys.stderr)
+    def _progress(self, label, n_tasks):
+        """The :class:`~drizzlepipe.console.Progress` of a map (drawn for two or more tasks
+        when ``progress`` says so, by default on a terminal)."""
+        enabled = self.progress if n_tasks >= 2 else False
+        return Progress(label, n_tasks, enabled=enabled)
 
     def _process_pool(self):
         if self._pool is None:

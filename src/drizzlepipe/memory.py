@@ -1,4 +1,5 @@
-"""The pipeline's memory model: how much memory a run needs, as a formula (docs/memory.md).
+"""The pipeline's memory model: how much memory a run needs, as a formula
+(docs/developer/memory.md).
 
 Sizes are in bytes. ``P`` is the number of pixels of one chip, ``O`` of the output grid, ``C``
 the number of chips, ``E`` of exposures and ``W`` the number of workers.

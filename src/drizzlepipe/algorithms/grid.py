@@ -55,8 +55,9 @@ Where we differ from AstroDrizzle, and why
   shape and CRPIX, so the data may leave the grid; we keep CRVAL as the tangent point and choose
   CRPIX and shape so the footprint is covered.
 * **Local pixel scale.** Without ``reference_scale`` the scale is :func:`pixel_scale`, the local
-  scale at the chip centre with distortion included (what JWST's resample uses). For HST data this
-  is *not* IDCSCALE: ACS/HRC's centre pixel is 0.0265" (sqrt |det CD|) while IDCSCALE is 0.025".
+  scale at the chip centre with distortion included (what JWST's resample uses). For HST data
+  this is *not* IDCSCALE: ACS/HRC's centre pixel is 0.0265" (``sqrt(|det CD|)``) while IDCSCALE
+  is 0.025".
   Flat-fielded HST data are normalised to IDCSCALE, so the caller should pass IDCSCALE as
   ``reference_scale`` to reproduce AstroDrizzle's grid and photometry.
 
@@ -327,7 +328,7 @@ def pixel_scale(wcs, shape) -> float:
         ``sqrt(|det J|)`` in arcsec per pixel, where J is the Jacobian of the mapping from pixels
         to the tangent plane at the chip centre: the side of a square with the pixel's sky area.
         For an undistorted WCS this is ``sqrt(|det CD|)``; for a SIP WCS whose CRPIX is at the
-        centre (HST) it is sqrt(|det CD|) too, since SIP polynomials start at second order. It
+        centre (HST) it is ``sqrt(|det CD|)`` too, since SIP polynomials start at second order. It
         differs from HST's ``IDCSCALE`` (see the module notes).
     """
     return _local_scale(wcs, shape)

@@ -7,7 +7,7 @@ array; :meth:`DrizzleAccumulator.finalize` returns the product arrays. Partial a
 (for example one per thread) are combined exactly with :meth:`DrizzleAccumulator.merge`.
 
 Units and scaling (AstroDrizzle spec sections 4, 5 and 9)
---------------------------------------------------------
+---------------------------------------------------------
 * What is drizzled is ``data * iscale / t`` with ``t = exptime`` for ``in_units="counts"`` and
   ``t = 1`` for ``"cps"``: the output is a *rate* (input units per second) per output pixel.
 * ``iscale`` is the pixel-area ratio ``(output scale / input scale)**2`` for per-pixel quantities

@@ -121,6 +121,8 @@ __all__ = [
     "match_sky",
     "sky_coverage",
     "user_sky",
+    "sky_spread",
+    "SKY_SPREAD_FACTOR",
 ]
 
 SKY_METHODS = ("localmin", "globalmin", "match", "globalmin+match", "user")
@@ -1240,3 +1242,44 @@ def compute_sky(
     if method == "match":
         return match_sky(chips, statistic, **grid)
     return globalmin_match_sky(chips, statistic, **grid)
+
+
+#: Exposures whose sky brightness differs by more than this factor are worth a warning: skies of
+#: dithered exposures of one target differ by tens of percent (Earthshine, zodiacal light).
+SKY_SPREAD_FACTOR = 5.0
+
+
+def sky_spread(result: SkyResult, factor: float = SKY_SPREAD_FACTOR):
+    """Whether the exposures' skies differ wildly: ``(how, which)`` strings, or None.
+
+    Parameters
+    ----------
+    result : SkyResult
+        A result of a method that measures each exposure's absolute level (``localmin``,
+        ``globalmin+match``); others (``globalmin`` gives every exposure one level, ``match``
+        only relative ones) give None.
+    factor : float
+        Brightest over faintest positive sky beyond which they differ wildly; a negative sky
+        beside a positive one always does.
+
+    Returns
+    -------
+    tuple of str or None
+        ``("a factor of 6.2", "a: 1.1e-3, b: 6.8e-3")`` (the faintest and brightest exposure,
+        sky brightness per arcsec^2 [per s]) or ``("sign", ...)``.
+    """
+    if result.method not in ("localmin", "globalmin+match"):
+        return None
+    skies = {k: v for k, v in result.exposure_sky.items() if math.isfinite(v)}
+    if len(skies) < 2:
+        return None
+    faintest = min(skies, key=skies.get)
+    brightest = max(skies, key=skies.get)
+    low, high = skies[faintest], skies[brightest]
+    if low > 0 and high > factor * low:
+        how = f"a factor of {high / low:.1f}"
+    elif low < 0 < high:
+        how = "sign"
+    else:
+        return None
+    return how, f"{faintest}: {low:.3g}, {brightest}: {high:.3g}"

@@ -22,18 +22,18 @@ __all__ = [
 ]
 
 
-def open(init, *, units=None, exptime=None):  # noqa: A001 - mirrors stdatamodels' API
+def open(init, **options):  # noqa: A001 - mirrors stdatamodels' API
     """Open a file (or return a model unchanged) as drizzlepipe model(s).
 
     Parameters
     ----------
     init : str, Path or DrizDataModel
-        HST FLT/FLC, JWST ``_cal``, plain FITS image, or a drizzlepipe FITS/ASDF product;
+        HST exposure, JWST ``_cal``, plain FITS image, or a drizzlepipe FITS/ASDF product;
         ``"file.fits[SCI,n]"`` selects one chip.
-    units : str, optional
-        ``counts``, ``countrate`` or ``surface_brightness`` when the file does not say.
-    exptime : float, optional
-        Exposure time [s] when the file does not say.
+    **options
+        Reader options: ``units`` (``counts``, ``countrate`` or ``surface_brightness``),
+        ``exptime`` [s], ``gain`` [e-/DN], ``readnoise`` [e-], ``resetbits`` (see
+        :func:`~drizzlepipe.datamodels.readers.open_path`).
 
     Returns
     -------
@@ -41,4 +41,4 @@ def open(init, *, units=None, exptime=None):  # noqa: A001 - mirrors stdatamodel
     """
     if isinstance(init, DrizDataModel):
         return init
-    return open_path(init, units=units, exptime=exptime)
+    return open_path(init, **options)

@@ -36,6 +36,7 @@ from astropy.io import fits
 from ..exceptions import DrizzlepipeInputError
 from .naming import exposure_root
 from .readers import ExposureRecord, inspect_file, split_selector
+from .readers._common import reading
 
 __all__ = [
     "build_association",
@@ -127,9 +128,14 @@ def _hst_asn_members(asn_path):
     """``(product name, member files)`` of an HST association table: the EXP-* members
     present (MEMPRSNT), each as the ``_flt``, ``_flc`` or ``_c0m`` file beside the table."""
     asn_path = Path(asn_path)
-    with fits.open(asn_path, memmap=False) as hdulist:
-        table = hdulist[1].data
+    with reading(asn_path, "1"), fits.open(asn_path, memmap=False) as hdulist:
+        if len(hdulist) < 2 or not isinstance(hdulist[1], fits.BinTableHDU):
+            raise DrizzlepipeInputError(asn_path, "association table without a table", "1")
         columns = {name.upper(): name for name in hdulist[1].columns.names}
+        for needed in ("MEMNAME", "MEMTYPE"):
+            if needed not in columns:
+                raise DrizzlepipeInputError(asn_path, f"association table without {needed}", "1")
+        table = hdulist[1].data
         names = [str(n).strip().lower() for n in table[columns["MEMNAME"]]]
         types = [str(t).strip().upper() for t in table[columns["MEMTYPE"]]]
         present = (
@@ -187,10 +193,10 @@ def _records_of(names, options, base_dir=None):
                 product, files = _hst_asn_members(path)
                 inner, _ = _records_of([(str(f), False) for f in files], options)
                 records.extend(inner)
-            elif record.product is not None and from_glob:
+            elif from_glob and (kind := record.product or record.named_like) is not None:
                 log.warning(
                     "%s: a %s product, not an exposure: left out of the inputs",
-                    path, "drizzle" if record.product == "resampled" else record.product,
+                    path, "drizzle" if kind == "resampled" else kind,
                 )  # fmt: skip
             elif record.product == "resampled":
                 raise DrizzlepipeInputError(path, "a drizzled product, not an exposure")
@@ -230,17 +236,29 @@ def check_exposures(records, *, allow_mixed=False):
     DrizzlepipeInputError
         Naming both files of a duplicated exposure, or the files of the different modes.
     """
-    seen_identity, rootnames = {}, {}
+    seen_identity, seen_timing, seen_similar, rootnames = {}, {}, {}, {}
     for record in records:
-        if record.identity is not None:
-            first = seen_identity.setdefault(record.identity, record)
-            if first.path != record.path:
-                raise DrizzlepipeInputError(
-                    record.path,
-                    f"the same exposure as {first.path} ({_describe(record)}): give only one "
-                    "of them (e.g. the _flc or the _flt file)",
-                )
-        elif record.rootname and record.telescope == "HST":
+        first = seen_identity.setdefault(record.identity, record) if record.identity else None
+        timed = seen_timing.setdefault(record.timing, record) if record.timing else None
+        if (
+            timed is not None
+            and timed.path != record.path
+            and None in (timed.identity, record.identity)
+        ):
+            first = timed  # a ROOTNAME is missing: the same detector at the same time
+        if first is not None and first.path != record.path:
+            raise DrizzlepipeInputError(
+                record.path,
+                f"the same exposure as {first.path} ({_describe(record)}): give only one "
+                "of them (e.g. the _flc or the _flt file)",
+            )
+        similar = seen_similar.setdefault(record.similar, record) if record.similar else None
+        if similar is not None and similar.path != record.path:
+            log.warning(
+                "%s and %s have the same instrument, start and exposure time: the same "
+                "exposure twice? (kept both; remove one if so)", similar.path, record.path,
+            )  # fmt: skip
+        if record.identity is None and record.rootname and record.telescope == "HST":
             other = rootnames.setdefault(record.rootname, record)
             if other.path != record.path:
                 log.warning(
@@ -275,6 +293,9 @@ def _describe(record):
     if record.identity is not None and record.identity[0] == "HST":
         _, instrument, detector, rootname, expstart = record.identity
         return f"{instrument}/{detector} ROOTNAME {rootname}, EXPSTART {expstart}"
+    if record.timing is not None:
+        _, instrument, detector, expstart, exptime = record.timing
+        return f"{instrument}/{detector} EXPSTART {expstart}, EXPTIME {exptime}"
     return "same instrument, detector, start and exposure time"
 
 
@@ -356,16 +377,19 @@ def model_records(models):
         instrument, detector = str(meta.instrument.name or ""), str(meta.instrument.detector or "")
         rootname = meta.rootname if meta.hasattr("rootname") else None
         start = meta.exposure.start if meta.exposure.hasattr("start") else None
-        identity = None
+        identity = timing = None
+        exptime = meta.exposure.exptime if meta.exposure.hasattr("exptime") else None
         if telescope == "HST" and rootname and start is not None:
             identity = ("HST", instrument.upper(), detector.upper(), rootname, float(start))
         elif telescope == "JWST" and meta.group_id:
             identity = ("JWST", meta.group_id, detector.upper())
+        if telescope == "HST" and start is not None and exptime is not None:
+            timing = ("HST", instrument.upper(), detector.upper(), float(start), float(exptime))
         filters = str(meta.instrument.filter or "").upper().replace(";", " ")
         parts = [telescope, instrument, detector if telescope != "JWST" else "", filters]
         records[key] = ExposureRecord(
             path, [], group_id=meta.group_id, telescope=telescope, instrument=instrument,
-            detector=detector, identity=identity, rootname=rootname,
+            detector=detector, identity=identity, timing=timing, rootname=rootname,
             photometric_mode=" ".join(p for p in parts if p) if filters else "",
         )  # fmt: skip
     return list(records.values())

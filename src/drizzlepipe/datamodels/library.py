@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from .association import (
     resolve_input_files,
 )
 from .models import DrizDataModel, ImageModel
+from .naming import exposure_root
 from .readers import convert_jwst_model, open_path, split_selector
 from .readers._common import clear_bits
 from .units import electrons_per_unit
+from .writers import source_key
 
 __all__ = ["ModelLibrary", "build_association", "resolve_input_files"]
 
@@ -61,6 +64,8 @@ class ModelLibrary(AbstractModelLibrary):
 
     def __init__(self, init, *, on_disk=False, temp_directory=None, allow_mixed=False,
                  **open_kwargs):  # fmt: skip
+        self._allow_mixed = allow_mixed
+        self._temp_directory = temp_directory
         if isinstance(init, Mapping):
             asn = dict(init)
         elif _is_model_list(init):
@@ -101,6 +106,24 @@ class ModelLibrary(AbstractModelLibrary):
                 unit_of[self.member_file(i)] = unit
         return [sorted(unit) for unit in units if unit]
 
+    def copy_roots(self):
+        """Input file (:func:`~drizzlepipe.datamodels.writers.source_key`) -> root name of its
+        copies (``<root>_crf.fits``...): the file's root name, with ``_2``, ``_3`` ... for
+        files of one name in different directories, so that no copy overwrites another."""
+        roots, used = {}, set()
+        for index in range(len(self)):
+            source = self.chip_info(index).source
+            if source in roots:
+                continue
+            base = root = exposure_root(Path(source).name)
+            number = 1
+            while root in used:
+                number += 1
+                root = f"{base}_{number}"
+            used.add(root)
+            roots[source] = root
+        return roots
+
     def member_file(self, index):
         """The file chip ``index`` comes from (its association member without selector)."""
         return str(split_selector(self._members[index]["expname"])[0])
@@ -117,13 +140,19 @@ class ModelLibrary(AbstractModelLibrary):
                 models = [self.borrow(i) for i in indices]
                 for model, index in zip(models, indices):
                     self.shelve(model, index, modify=False)
-            return ModelLibrary(models, **self._datamodels_open_kwargs)
+            return ModelLibrary(
+                models, allow_mixed=self._allow_mixed, **self._datamodels_open_kwargs
+            )
         asn = {key: value for key, value in self._asn.items() if key != "products"}
         product = {k: v for k, v in self._asn["products"][0].items() if k != "members"}
         product["members"] = [dict(self._members[i]) for i in indices]
         asn["products"] = [product]
         options = dict(self._datamodels_open_kwargs)
-        library = ModelLibrary(asn, on_disk=self.on_disk, **options)
+        temp = self._temp_directory
+        if self.on_disk and temp is not None:
+            temp = tempfile.mkdtemp(prefix="subset-", dir=temp)  # apart from this library's
+        library = ModelLibrary(asn, on_disk=self.on_disk, temp_directory=temp,
+                               allow_mixed=self._allow_mixed, **options)  # fmt: skip
         library._product_name = self._product_name
         if not self.on_disk:
             for new, old in enumerate(indices):
@@ -280,6 +309,7 @@ class ChipInfo:
     sky_subtracted: bool
     cr_npix: int | None
     rootname: str | None = None
+    source: str | None = None  # the input file (writers.source_key)
     filter: str | None = None
     to_electrons: float = 1.0  # electrons per data unit (the gain of data in DN)
     sky_subtracted_by_step: bool = False
@@ -303,6 +333,7 @@ class ChipInfo:
             sky_subtracted=bool(meta.background.subtracted),
             cr_npix=meta.cosmic_rays.npix,
             rootname=meta.rootname if meta.hasattr("rootname") else None,
+            source=source_key(model),
             to_electrons=electrons_per_unit(
                 meta.units, meta.detector.in_electrons, meta.detector.gain
             ),
@@ -316,7 +347,7 @@ class ChipInfo:
 #: Suffix of an on-disk library's state files (see ModelLibrary.shelve).
 _STATE_SUFFIX = ".state.asdf"
 #: Arrays a state file does not hold: they are read from the input file.
-_INPUT_ARRAYS = ("data", "err", "time", "var_rnoise", "var_poisson")
+_INPUT_ARRAYS = ("data", "err", "time", "var_rnoise", "var_poisson", "var_flat")
 
 
 def _fingerprint(model):

@@ -32,7 +32,8 @@ _SCHEMA_PREFIX = "http://drizzlepipe.org/schemas/"
 
 #: Array attributes of our models.
 _ARRAY_NAMES = (
-    "data", "dq", "err", "time", "var_rnoise", "var_poisson", "static_mask", "wht", "con",
+    "data", "dq", "err", "time", "var_rnoise", "var_poisson", "var_flat", "static_mask", "wht",
+    "con",
 )  # fmt: skip
 
 #: FITS extensions of a product that get the image WCS in their header.

@@ -24,6 +24,7 @@ __all__ = [
     "write_copies",
     "plan_copies",
     "write_chip_arrays",
+    "source_key",
 ]
 
 
@@ -87,9 +88,7 @@ def write_exposure_copy(models, path, *, data_override=None):
         return _write_jwst_copy(models[0], source, path, data_override)
     with fits.open(source, memmap=False) as original:
         hdulist = fits.HDUList([hdu.copy() for hdu in original])
-    # marks the copy as drizzlepipe's, so that a glob over the directory leaves it out
-    hdulist[0].header["DPSOFT"] = ("drizzlepipe", "Software that wrote this copy")
-    hdulist[0].header["DPPRODTP"] = (_copy_kind(path), "drizzlepipe product: copy of an exposure")
+    _mark_copy(hdulist[0].header, path)
     for index, model in enumerate(models):
         extver = int(model.meta.chip or 1)
         if fmt == "hst":
@@ -107,6 +106,13 @@ def write_exposure_copy(models, path, *, data_override=None):
     return write_fits_atomic(hdulist, path)
 
 
+def _mark_copy(header, path):
+    """Mark a copy as drizzlepipe's (``DPSOFT``, ``DPPRODTP``), so that a glob over the
+    directory leaves it out of the next run's inputs."""
+    header["DPSOFT"] = ("drizzlepipe", "Software that wrote this copy")
+    header["DPPRODTP"] = (_copy_kind(path), "drizzlepipe product: copy of an exposure")
+
+
 def _copy_kind(path):
     """``crf``, ``crclean`` or ``sky`` from the product's file name (``copy`` otherwise)."""
     stem = strip_extension(path)
@@ -122,7 +128,7 @@ def write_copies(models, path_for, *, data_override=None):
         Chips of one exposure (which may come from several files, e.g. the detectors of a
         JWST exposure).
     path_for : callable
-        ``path_for(input file name) -> output path``.
+        ``path_for(input file) -> output path``, given the file's :func:`source_key`.
     data_override : list of ndarray or None
         Replacement SCI arrays, one per model.
 
@@ -145,15 +151,24 @@ def write_copies(models, path_for, *, data_override=None):
     return written
 
 
+def source_key(model):
+    """The input file a chip model comes from (its path, without a chip selector), or its file
+    name for a model built in memory: the chips of one key are copied into one file."""
+    source = model.meta.source.path if model.meta.hasattr("source") else None
+    if source:
+        return str(split_selector(source)[0])
+    return str(model.meta.filename)
+
+
 def plan_copies(models, path_for):
     """The files :func:`write_copies` writes: ``[(indices of models, output path), ...]``,
-    one per input file, checked so that no input file is overwritten (the same errors)."""
+    one per input file (:func:`source_key`), checked so that no input file is overwritten."""
     by_file = {}
     for index, model in enumerate(models):
-        by_file.setdefault(model.meta.filename, []).append(index)
+        by_file.setdefault(source_key(model), []).append(index)
     plan = []
-    for name, indices in by_file.items():
-        path = Path(path_for(name))
+    for key, indices in by_file.items():
+        path = Path(path_for(key))
         source = _source_file(models[indices[0]])
         if source is not None and path.resolve() == source.resolve():
             raise DrizzlepipeInputError(
@@ -203,6 +218,8 @@ def _write_jwst_copy(model, source, path, data_override):
         copy.data = np.asarray(data_override[0], dtype=np.float32)
     with atomic_target(path, ".fits") as tmp_name:
         copy.save(tmp_name)
+        with fits.open(tmp_name, mode="update") as written:
+            _mark_copy(written[0].header, path)
     return str(path)
 
 

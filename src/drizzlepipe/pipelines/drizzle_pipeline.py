@@ -70,7 +70,7 @@ class DrizzlePipeline(DrizPipeline):
     save_intermediates = boolean(default=False)  # Save the products of every step
     units = option('counts', 'countrate', 'surface_brightness', default=None)  # Units of inputs without (or with a wrong) BUNIT
     exptime = float(default=None)  # Exposure time [s] of inputs without one
-    gain = float(default=None, min=0)  # Gain [e-/DN] overriding the instrument's or header's (None: from the data)
+    gain = float(default=None, min=0.0001)  # Gain [e-/DN] overriding the instrument's or header's (None: from the data)
     readnoise = float(default=None, min=0)  # Read noise [e-] overriding the instrument's or header's
     resetbits = string(default='auto')  # DQ bits cleared in memory before any step ('auto': 4096 for HST/FITS, none for JWST; '0': none)
     allow_mixed = boolean(default=False)  # Combine inputs of different instruments or filters (else refused)
@@ -86,6 +86,21 @@ class DrizzlePipeline(DrizPipeline):
     }
 
     def process(self, *inputs):
+        """Run the six steps on the inputs.
+
+        Parameters
+        ----------
+        *inputs : str, list, ModelLibrary
+            The exposures: one argument (file, glob, ``@list``, association JSON, HST
+            ``_asn.fits``, list of names or models, or a library), or several file names (as
+            ``strun`` passes them).
+
+        Returns
+        -------
+        ResampledModel or ModelLibrary or None
+            The final product (written as ``<product>_drz.fits`` with an output directory or
+            ``save_results``); the library when ``driz_final`` is skipped; None without inputs.
+        """
         # strun passes every file named on the command line as its own argument
         input_data = list(inputs) if len(inputs) > 1 else (inputs[0] if inputs else None)
         if input_data is None:

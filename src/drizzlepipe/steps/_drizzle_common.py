@@ -191,11 +191,15 @@ def electrons_factor(model):
 def chip_variance(model, factor):
     """Variance of the chip's data after multiplying them by ``factor`` (data units squared).
 
-    From VAR_POISSON + VAR_RNOISE when present, else ERR, else (no error information at all)
-    the detector model ``max(signal, 0) + readnoise**2`` in electrons.
+    From VAR_POISSON + VAR_RNOISE (+ VAR_FLAT) when present, as JWST's ERR is made, else ERR,
+    else (no error information at all) the detector model ``max(signal, 0) + readnoise**2`` in
+    electrons.
     """
     if model.var_poisson is not None and model.var_rnoise is not None:
-        return (model.var_poisson + model.var_rnoise) * np.float32(factor**2)
+        variance = model.var_poisson + model.var_rnoise
+        if model.var_flat is not None:
+            variance += model.var_flat
+        return variance * np.float32(factor**2)
     if model.meta.has_err is not False:
         return np.square(model.err, dtype=np.float32) * np.float32(factor**2)
     return detector_variance(model, factor, np.clip(model.data * np.float32(factor), 0, None))
@@ -246,6 +250,12 @@ def weight_variance(model, factor, weight_type):
         return None
     if model.var_rnoise is not None:
         return model.var_rnoise * np.float32(factor**2)
+    if model.meta.units == "surface_brightness":
+        # no gain or electrons to make a detector variance of
+        raise DrizzlepipeInputError(
+            chip_label(model), "weight_type='ivm' needs VAR_RNOISE for surface-brightness data; "
+            "use weight_type='exptime' or 'err'",
+        )  # fmt: skip
     sky = max(float(model.meta.background.level or 0.0) * factor, 0.0)
     variance = detector_variance(model, factor, np.full(model.data.shape, sky, np.float32))
     return np.maximum(variance, np.float32(1e-30))

@@ -247,7 +247,7 @@ def add_chip(accumulator, job, chip, result):
             label=chip.label,
         )
         result.added.append(chip.label)
-        log.info("Drizzled %s", chip.label)
+        log.debug("Drizzled %s", chip.label)
     except ResampleInputError as error:
         result.skipped.append(str(error))
 
@@ -423,7 +423,7 @@ def blot_and_detect(job):
     if not checked:
         return BlotCRResult(None, shape, -1, blotted_chip)
     rows = "" if job.rows is None else f" rows {start}-{stop - 1}"
-    log.info("Checked %s%s for cosmic rays", job.label, rows)
+    log.debug("Checked %s%s for cosmic rays", job.label, rows)
     return BlotCRResult(
         packed_mask=np.packbits(cr_mask, axis=None),
         shape=shape,

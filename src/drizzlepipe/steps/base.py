@@ -11,8 +11,10 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from stpipe import Step
@@ -28,6 +30,9 @@ __all__ = [
     "KNOWN_SUFFIXES",
     "exposure_root",
     "open_step_input",
+    "ParameterDoc",
+    "STPIPE_COMMON_PARAMETERS",
+    "parameter_docs",
     "prepare_output_dir",
     "remove_if_empty",
 ]
@@ -66,17 +71,22 @@ class DrizStep(Step):
     prefetch_references = False
 
     def run(self, *args):
-        """stpipe's ``run``, with the output directory checked first (created when missing,
-        written to once) and, when the run fails, removed again if it created it and nothing
-        was written: a failed run leaves no empty directory behind."""
-        if self.parent is not None or not self.output_dir:
+        """stpipe's ``run``; run on its own (not inside a pipeline), with the output directory
+        checked first (created when missing, written to once), removed again after a failure
+        if it created it and nothing was written (a failed run leaves no empty directory),
+        and one line with the time it took."""
+        if self.parent is not None:
             return super().run(*args)
-        created = prepare_output_dir(self.output_dir)
+        created = prepare_output_dir(self.output_dir) if self.output_dir else None
+        started = time.perf_counter()
         try:
-            return super().run(*args)
+            result = super().run(*args)
         except BaseException:
             remove_if_empty(created)
             raise
+        log.info("%s finished in %.2f s", self.class_alias or type(self).__name__,
+                 time.perf_counter() - started)  # fmt: skip
+        return result
 
     @classmethod
     def _datamodels_open(cls, init, **kwargs):
@@ -237,3 +247,54 @@ def remove_if_empty(directory):
     if any(item.is_file() for item in Path(directory).rglob("*")):
         return
     shutil.rmtree(directory, ignore_errors=True)
+
+
+#: Parameters every stpipe step has (saving, hooks, skipping): documented once, on the
+#: pipeline's page, not in every step's table.
+STPIPE_COMMON_PARAMETERS = (
+    "pre_hooks", "post_hooks", "output_file", "output_dir", "output_ext", "output_use_model",
+    "output_use_index", "save_results", "skip", "suffix", "search_output_file", "input_dir",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ParameterDoc:
+    """One parameter of a step's spec, as the documentation lists it."""
+
+    name: str
+    kind: str  # "float", "option: a, b, c", ...
+    default: str
+    description: str
+    limits: str = ""  # "min 1", "min 2, max 2"
+
+
+def parameter_docs(step_class, *, common=False):
+    """The parameters of ``step_class``'s spec (its own and inherited), in spec order.
+
+    Parameters
+    ----------
+    step_class : type
+        A step or pipeline class.
+    common : bool
+        Include stpipe's :data:`STPIPE_COMMON_PARAMETERS`.
+
+    Returns
+    -------
+    list of ParameterDoc
+        The documentation's argument table, straight from the spec (so it cannot drift).
+    """
+    from configobj.validate import Validator
+
+    spec = step_class.load_spec_file()
+    validator = Validator()
+    rows = []
+    for name in spec.scalars:
+        if not common and name in STPIPE_COMMON_PARAMETERS:
+            continue
+        kind, args, kwargs, default = validator._parse_with_caching(spec[name])
+        if kind == "option":
+            kind = "option: " + ", ".join(str(a) for a in args)
+        limits = ", ".join(f"{key} {value}" for key, value in kwargs.items())
+        comment = (spec.inline_comments.get(name) or "").lstrip("#").strip()
+        rows.append(ParameterDoc(name, kind, str(default), comment, limits))
+    return rows

@@ -11,6 +11,7 @@ copies of the exposures in their own layout.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -29,11 +30,16 @@ from ..datamodels.writers import (
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import chip_label, data_with_sky, electrons_factor, exposure_product_root
 from ._tasks import BlotCRJob, CopyJob, blot_and_detect, join_rows, split_rows, write_copy
-from .base import DrizStep, exposure_root
+from .base import DrizStep
 
 __all__ = ["BlotCRStep"]
 
 log = logging.getLogger(__name__)
+
+#: A chip with more of its pixels flagged than this gets a warning: HST exposures of up to an
+#: orbit collect about 1-3% (WFC3/UVIS 1.5% in 1000 s); more points at a sky, alignment or noise
+#: problem rather than at cosmic rays.
+MANY_COSMIC_RAYS = 0.05
 
 
 class BlotCRStep(DrizStep):
@@ -63,7 +69,36 @@ class BlotCRStep(DrizStep):
     median_noise = boolean(default=True)  # Count the median's own noise (False: as AstroDrizzle)
     """  # noqa: E501
 
+    @classmethod
+    def call(cls, *args, median=None, **kwargs):
+        """Run the step on new instance, as stpipe's ``Step.call``; ``median`` may be the median
+        model itself (a :class:`~drizzlepipe.datamodels.ResampledModel`) as well as the path
+        of a median product (the ``median`` parameter)."""
+        if median is not None and not isinstance(median, (str, Path)):
+            if len(args) != 1:
+                raise TypeError("give the median either as the second input or as median=")
+            return super().call(args[0], median, **kwargs)
+        if median is not None:
+            kwargs["median"] = str(median)
+        return super().call(*args, **kwargs)
+
     def process(self, input_data, median_model=None):
+        """Flag the cosmic rays of every chip.
+
+        Parameters
+        ----------
+        input_data : ModelLibrary, str, list
+            The chips (anything :class:`~drizzlepipe.datamodels.ModelLibrary` accepts), with
+            their sky in ``meta.background``.
+        median_model : ResampledModel, optional
+            The median (CreateMedian's product); else the file the ``median`` parameter names.
+
+        Returns
+        -------
+        ModelLibrary
+            The chips with ``crbit`` set in their DQ at the cosmic rays (the flags of an earlier
+            run of this step cleared first) and ``meta.cosmic_rays`` filled.
+        """
         snr = parse_pair(self.snr, "snr")
         scale = parse_pair(self.scale, "scale")
         median = self._median(median_model)
@@ -91,6 +126,7 @@ class BlotCRStep(DrizStep):
             # units of whole files and whole exposures (one exposure each, except STIS files
             # of several imsets), so that a file's _crf copy is written once, complete
             units = library.file_groups
+            roots = library.copy_roots() if self.save_results or self.corr else {}
             # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library,
             # or blots kept for saving, in batches of one unit per worker, so that few chips
             # (or blots) are in memory at a time.
@@ -121,11 +157,11 @@ class BlotCRStep(DrizStep):
                     del jobs, tasks, found, parts
                     for index in indices:
                         self._record(models[index], results[index], totals)
-                    self._save_products(group, models, results, executor)
+                    self._save_products(group, models, results, executor, roots)
                 finally:
                     for index, model in models.items():
                         library.shelve(model, index, modify=True)
-                log.info("Files %d/%d checked", start + len(group), len(units))
+                log.debug("Files %d/%d checked", start + len(group), len(units))
         fraction = totals["flagged"] / max(totals["pixels"], 1)
         log.info(
             "Cosmic rays: %d pixels (%.3f%%) in %d chips",
@@ -227,11 +263,17 @@ class BlotCRStep(DrizStep):
         model.meta.cosmic_rays.npix = int(summary.n_flagged)
         model.meta.cosmic_rays.fraction = float(summary.fraction)
         self.record_step_status(model)
-        log.info(
+        log.debug(
             "%s: %d cosmic-ray pixels (%.3f%%)", label, summary.n_flagged, 100 * summary.fraction
         )
+        if summary.fraction > MANY_COSMIC_RAYS:
+            log.warning(
+                "%s: %.1f%% of the pixels flagged as cosmic rays (more than %.0f%%): check the "
+                "sky, the alignment of the exposures and the noise (gain, read noise)",
+                label, 100 * summary.fraction, 100 * MANY_COSMIC_RAYS,
+            )  # fmt: skip
 
-    def _save_products(self, units, models, results, executor):
+    def _save_products(self, units, models, results, executor, roots):
         """Write the products asked for: per file the ``_crf`` (as tasks, in parallel in
         worker processes, which inherit the flagged models) and ``_crclean`` copies, per
         exposure the ``_blot`` and ``_crmask`` files."""
@@ -240,7 +282,7 @@ class BlotCRStep(DrizStep):
             for unit in units:
                 chips = [models[i] for i in unit]
                 for positions, path in plan_copies(
-                    chips, lambda name: self.product_path(exposure_root(name), "crf")
+                    chips, lambda source: self.product_path(roots[source], "crf")
                 ):
                     writes.append(([unit[k] for k in positions], str(path)))
             if executor.shares_objects:
@@ -258,7 +300,7 @@ class BlotCRStep(DrizStep):
             for members in exposures.values():
                 self._save_exposure([models[i] for i in members], [results[i] for i in members])
             if self.corr:
-                self._save_cleaned([models[i] for i in unit], [results[i] for i in unit])
+                self._save_cleaned([models[i] for i in unit], [results[i] for i in unit], roots)
 
     def _save_exposure(self, models, results):
         root = exposure_product_root(models[0].meta.group_id)
@@ -292,7 +334,7 @@ class BlotCRStep(DrizStep):
                 dtype=np.uint8,
             )
 
-    def _save_cleaned(self, models, results):
+    def _save_cleaned(self, models, results, roots):
         cleaned = []
         for model, result in zip(models, results):
             replace = result.mask() & np.isfinite(result.blotted)
@@ -301,7 +343,7 @@ class BlotCRStep(DrizStep):
             cleaned.append(np.where(replace, result.blotted, data).astype(np.float32))
         write_copies(
             models,
-            lambda name: self.product_path(exposure_root(name), "crclean"),
+            lambda source: self.product_path(roots[source], "crclean"),
             data_override=cleaned,
         )
 

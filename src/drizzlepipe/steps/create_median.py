@@ -53,6 +53,19 @@ class CreateMedianStep(DrizStep):
     """  # noqa: E501
 
     def process(self, singles):
+        """Combine the single images into the median.
+
+        Parameters
+        ----------
+        singles : list of ResampledModel or str, or a glob
+            DrizSeparate's products (models or ``_single`` files), on one grid.
+
+        Returns
+        -------
+        ResampledModel
+            The median (``combine_type``) in the singles' units; NaN where no single has a good
+            value; ``wht`` the sum of the singles' weights.
+        """
         if self.bufsize is not None and self.bufsize < 0:
             raise ValueError(f"bufsize must be >= 0 MiB, got {self.bufsize}")
         if self.combine_type in ("minmed", "iminmed") and self.nlow + self.nhigh > 0:

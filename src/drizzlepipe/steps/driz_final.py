@@ -59,6 +59,20 @@ class DrizFinalStep(DrizStep):
     )
 
     def process(self, input_data):
+        """Drizzle every chip of every exposure into the final product.
+
+        Parameters
+        ----------
+        input_data : ModelLibrary, str, list
+            The chips, with their sky in ``meta.background`` and cosmic rays in DQ.
+
+        Returns
+        -------
+        ResampledModel
+            The ``_drz`` product: ``data`` (e-/s, or e- with ``units='counts'``; MJy/sr for
+            surface brightness), ``wht``, ``err`` (standard error of the weighted mean) and
+            ``con`` (context), with the inputs' header cards and per-input provenance.
+        """
         library = self.prepare_library(input_data)
         grid = OutputGridMaker.from_step(self).make(library)
         log.info(

@@ -57,6 +57,21 @@ class DrizSeparateStep(DrizStep):
     )
 
     def process(self, input_data):
+        """Drizzle every exposure onto the common grid.
+
+        Parameters
+        ----------
+        input_data : ModelLibrary, str, list
+            The chips, with their sky in ``meta.background`` (subtracted on the fly).
+
+        Returns
+        -------
+        list of ResampledModel or str
+            One single per exposure that reached the grid, in library order: the model, or
+            the path of its file when it was saved (``save_results``, or an on-disk library).
+            Data are a rate per output pixel (e-/s; MJy/sr for surface brightness), weights
+            the exposure time on good pixels.
+        """
         library = self.prepare_library(input_data)
         grid = OutputGridMaker.from_step(self).make(library)
         log.info(
@@ -101,6 +116,7 @@ class DrizSeparateStep(DrizStep):
                     singles.append(single)
         if not singles:
             raise ResampleInputError(None, "no exposure overlaps the output grid")
+        log.info("%d single images of %d exposures", len(singles), len(groups))
         return singles
 
     def _saves(self, library):
@@ -144,7 +160,7 @@ class DrizSeparateStep(DrizStep):
             log.warning("Exposure %s: %s, no single", meta[0], why)
             return None
         single = self._single(result, meta, grid)
-        log.info("Single %d/%d: %s", number, total, single.meta.filename)
+        log.debug("Single %d/%d: %s", number, total, single.meta.filename)
         return single
 
     def _exposure_job(self, library, sources, indices, grid, executor):

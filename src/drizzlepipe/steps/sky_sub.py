@@ -18,14 +18,14 @@ import numpy as np
 from astropy.io import fits
 
 from ..algorithms.grid import pixel_scale
-from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky
+from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky, sky_spread
 from ..datamodels.library import ChipInfo
-from ..datamodels.readers import source_data
+from ..datamodels.readers import source_chip
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import bad_pixels, chip_label, data_with_sky
-from .base import DrizStep, exposure_root
+from .base import DrizStep
 
 __all__ = ["SkySubStep"]
 
@@ -57,6 +57,19 @@ class SkySubStep(DrizStep):
     """  # noqa: E501
 
     def process(self, input_data):
+        """Measure the sky of every chip (and subtract it with ``subtract=True``).
+
+        Parameters
+        ----------
+        input_data : ModelLibrary, str, list
+            The chips (anything :class:`~drizzlepipe.datamodels.ModelLibrary` accepts).
+
+        Returns
+        -------
+        ModelLibrary
+            The chips with ``meta.background`` set: ``level`` in each chip's data units per
+            pixel (``MDRIZSKY``), ``subtracted`` and ``method``.
+        """
         library = self.prepare_library(input_data)
         if self.user_keyword:
             return self._user_keyword(library)
@@ -148,21 +161,26 @@ class SkySubStep(DrizStep):
             return compute_sky(chips, fallback, statistic, map_=map_)
 
     def _restore(self, library):
-        """Give chips whose sky an earlier call subtracted (``subtract=True``) their data back,
-        read again from their file (exact; from a model without a file, the level is added
-        back, exact to float32 rounding), so that this call measures what a first call would."""
+        """Give chips whose sky an earlier call subtracted (``subtract=True``) their data and
+        background back as their file holds them (read again: exact, and a sky the file records
+        as subtracted stays so), so that this call measures what a first call would. A model
+        without a file gets the level added back (exact to float32 rounding). Changes made to
+        such a chip's data in memory after it was read are therefore lost."""
         with library:
             for index in range(len(library)):
                 if not library.chip_info(index).sky_subtracted_by_step:
                     continue
                 model = library.borrow(index)
-                original = source_data(model)
+                original = source_chip(model)
+                background = model.meta.background
                 if original is not None:
-                    model.data = original
+                    model.data = original.data
+                    background.level = original.meta.background.level
+                    background.subtracted = original.meta.background.subtracted
                 else:
-                    model.data += np.float32(model.meta.background.level or 0.0)
-                model.meta.background.subtracted = False
-                model.meta.background.subtracted_by_step = False
+                    model.data += np.float32(background.level or 0.0)
+                    background.subtracted = False
+                background.subtracted_by_step = False
                 library.shelve(model, index, modify=True)
 
     def _record(self, model, level, method):
@@ -182,7 +200,18 @@ class SkySubStep(DrizStep):
 
     def _report(self, result, labels):
         for label, level in zip(labels, result.sky):
-            log.info("Sky %-40s %12.5g (%s)", label, level, result.method)
+            log.debug("Sky %-40s %12.5g (%s)", label, level, result.method)
+        levels = [level for level in result.sky if np.isfinite(level)]
+        if levels:
+            log.info(
+                "Sky (%s) of %d chips: %.5g to %.5g (data units per pixel)",
+                result.method, len(result.sky), min(levels), max(levels),
+            )  # fmt: skip
+        if (spread := sky_spread(result)) is not None:
+            log.warning(
+                "Sky brightness differs by %s between exposures (%s): check the sky "
+                "(bright targets, scattered light) or use method='match'", *spread,
+            )  # fmt: skip
         for index in result.empty_chips:
             log.warning("%s: no valid pixel for the sky; sky set to 0", labels[index])
         for exposure in result.unmatched_exposures:
@@ -210,11 +239,12 @@ class SkySubStep(DrizStep):
 
     def _save(self, library):
         with library:
+            roots = library.copy_roots()
             # whole files at a time: a STIS file of several imsets is one copy
             for indices in library.file_groups:
                 models = [library.borrow(index) for index in indices]
                 try:
-                    write_copies(models, lambda n: self.product_path(exposure_root(n), "sky"))
+                    write_copies(models, lambda source: self.product_path(roots[source], "sky"))
                 finally:
                     for model, index in zip(models, indices):
                         library.shelve(model, index, modify=False)

@@ -44,6 +44,18 @@ class StaticMaskStep(DrizStep):
     """
 
     def process(self, input_data):
+        """Build the static masks and attach them to the chips.
+
+        Parameters
+        ----------
+        input_data : ModelLibrary, str, list
+            The chips (anything :class:`~drizzlepipe.datamodels.ModelLibrary` accepts).
+
+        Returns
+        -------
+        ModelLibrary
+            The chips, each with ``static_mask`` (uint8, 1 = bad) of its chip position.
+        """
         library = self.prepare_library(input_data)
         with library:
 
@@ -68,13 +80,18 @@ class StaticMaskStep(DrizStep):
                 model.static_mask = as_bytes[chip_position(model)]
                 self.record_step_status(model)
                 threshold = result.thresholds[index]
-                log.info(
+                log.debug(
                     "%s: low-pixel threshold %s, %d pixels masked at this chip position",
                     chip_label(model),
                     "none" if threshold is None else f"{threshold:.4g}",
                     int(np.count_nonzero(mask)),
                 )
                 library.shelve(model, index, modify=True)
+        masked = sum(int(np.count_nonzero(mask)) for mask in result.masks.values())
+        log.info(
+            "Static masks of %d chip positions: %d pixels masked (sigma %g)",
+            len(result.masks), masked, self.sigma,
+        )  # fmt: skip
         if self.save_results:
             self._save(result.masks, library)
         return library

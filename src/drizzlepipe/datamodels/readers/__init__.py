@@ -21,7 +21,9 @@ from ..models import ImageModel, ResampledModel
 from ..naming import exposure_root, product_kind
 from ..units import parse_bunit
 from ._common import (
+    as_number,
     chip_member_name,
+    electrons_stated,
     file_kind,
     first_keyword,
     open_fits,
@@ -39,7 +41,7 @@ __all__ = [
     "inspect_file",
     "is_asn_table",
     "product_model_type",
-    "source_data",
+    "source_chip",
     "split_selector",
     "chip_member_name",
     "convert_jwst_model",
@@ -195,10 +197,20 @@ class ExposureRecord:
     identity : tuple or None
         Equal for two files holding the same exposure (HST: instrument, detector, ROOTNAME,
         EXPSTART; JWST: exposure and detector); None when the headers cannot tell.
+    timing : tuple or None
+        HST: instrument, detector, EXPSTART and EXPTIME. One detector takes one exposure at a
+        time, so two files with equal timings are one exposure even where a ROOTNAME is missing.
+    similar : tuple or None
+        Plain FITS: telescope, instrument, detector, start and exposure time. Equal for two
+        files that are probably one exposure (warned: a mosaic camera's CCDs may share them).
     rootname : str or None
-        HST ROOTNAME (STIS imsets: EXPNAME).
+        HST ROOTNAME (STIS: each imset's EXPNAME).
     product : str or None
-        ``"copy"`` (a ``_crf``-like copy of an exposure) or ``"resampled"`` for products.
+        What the file's *header* says it is: ``"copy"`` (a drizzlepipe ``_crf``-like copy of
+        an exposure) or ``"resampled"`` (a drizzled product).
+    named_like : str or None
+        What its *name* says (:func:`~drizzlepipe.datamodels.naming.product_kind`): only used
+        to leave files matched by a glob out.
     asn_table : bool
         True for an HST association table (its members are the exposures).
     notes : list of str
@@ -214,8 +226,11 @@ class ExposureRecord:
     detector: str = ""
     photometric_mode: str = ""
     identity: tuple | None = None
+    timing: tuple | None = None
+    similar: tuple | None = None
     rootname: str | None = None
     product: str | None = None
+    named_like: str | None = None
     asn_table: bool = False
     notes: list = field(default_factory=list)
 
@@ -299,7 +314,7 @@ def _hst_records(path, hdulist, versions, selector, copy_of, options):
     instrument, detector = _text(primary, "INSTRUME"), _text(primary, "DETECTOR")
     if instrument.upper() == "STIS" and _text(primary, "OBSTYPE").upper() == "SPECTROSCOPIC":
         raise DrizzlepipeInputError(path, "a STIS spectroscopic exposure: only images drizzle")
-    stis = is_stis_imset_file(primary) and len(versions) > 1
+    stis = is_stis_imset_file(primary)
     chosen = [selector[1]] if selector is not None else versions
     groups = {}
     for extver in chosen:
@@ -312,10 +327,13 @@ def _hst_records(path, hdulist, versions, selector, copy_of, options):
         headers = (sci, primary)
         rootname = first_keyword((sci,), ("EXPNAME",)) if stis else None
         rootname = str(rootname or primary.get("ROOTNAME") or "").strip().lower() or None
-        expstart = first_keyword(headers, ("EXPSTART",))
-        identity = None
+        expstart = as_number(first_keyword(headers, ("EXPSTART",)))
+        exptime = as_number(first_keyword(headers, ("EXPTIME",)))
+        identity = timing = None
         if rootname and expstart is not None:
-            identity = ("HST", instrument.upper(), detector.upper(), rootname, float(expstart))
+            identity = ("HST", instrument.upper(), detector.upper(), rootname, expstart)
+        if expstart is not None and exptime is not None:
+            timing = ("HST", instrument.upper(), detector.upper(), expstart, exptime)
         records.append(
             ExposureRecord(
                 path,
@@ -326,8 +344,10 @@ def _hst_records(path, hdulist, versions, selector, copy_of, options):
                 detector=detector,
                 photometric_mode=_photometric_mode(headers, "HST", instrument, detector),
                 identity=identity,
+                timing=timing,
                 rootname=rootname,
-                product=copy_of or product_kind(path.name),
+                product=copy_of,
+                named_like=product_kind(path.name),
                 notes=notes,
             )
         )
@@ -335,9 +355,10 @@ def _hst_records(path, hdulist, versions, selector, copy_of, options):
 
 
 def _in_dn(bunit, units):
-    """True when data with this BUNIT (or stated units) are in DN, so the gain matters."""
+    """True when data with this BUNIT (and the units the user states, without a gain) are in
+    DN, so that a gain is needed (with a gain stated nothing is assumed)."""
     if units is not None:
-        return False  # the user states the units; the reader treats counts/rates as electrons
+        return electrons_stated(bunit, units, None) is False
     try:
         return bunit is not None and parse_bunit(bunit)[1] is False
     except ValueError:
@@ -384,7 +405,7 @@ def _jwst_record(path, primary, copy_of):
         photometric_mode=_photometric_mode((primary,), "JWST", instrument, detector),
         identity=identity,
         rootname=exposure_root(path.name),
-        product=copy_of or product_kind(path.name),
+        product=copy_of,  # JWST's own _crf files are exposures: only a header says otherwise
     )
 
 
@@ -399,10 +420,10 @@ def _plain_record(path, hdulist, copy_of, options):
     date, time = first_keyword(headers, ("DATE-OBS",)), first_keyword(headers, ("TIME-OBS",))
     if when is None and date is not None and ("T" in str(date) or time is not None):
         when = f"{date}T{time}" if time is not None else str(date)
-    identity = None
+    similar = None
     if when is not None:
         exptime = first_keyword(headers, ("EXPTIME", "EXPOSURE"))
-        identity = ("FITS", telescope, instrument, detector, str(when), str(exptime))
+        similar = ("FITS", telescope, instrument, detector, str(when), str(exptime))
     notes = []
     detector_model = generic_detector(
         headers, gain=options.get("gain"), readnoise=options.get("readnoise")
@@ -420,16 +441,18 @@ def _plain_record(path, hdulist, copy_of, options):
         instrument=instrument,
         detector=detector,
         photometric_mode=_photometric_mode(headers, telescope, instrument, detector),
-        identity=identity,
+        similar=similar,
         rootname=exposure_root(path.name),
-        product=copy_of or product_kind(path.name),
+        product=copy_of,
+        named_like=product_kind(path.name),
         notes=notes,
     )
 
 
-def source_data(model):
-    """The chip's data as its input file holds them (read again), or None when the model has
-    no readable source file (models built in memory, drizzlepipe's own products)."""
+def source_chip(model):
+    """The chip as its input file holds it (read again: data, and the background the file
+    records), or None when the model has no readable source file (models built in memory,
+    drizzlepipe's own products)."""
     meta = model.meta
     source = meta.source.path if meta.hasattr("source") else None
     if not source or meta.source.format not in ("hst", "fits", "jwst"):
@@ -441,4 +464,4 @@ def source_data(model):
     if meta.source.format == "hst" and meta.source.extension:
         name = f"{path}[{meta.source.extension}]"
     chip = open_path(name, units=meta.units, exptime=meta.exposure.exptime)
-    return chip.data if isinstance(chip, ImageModel) else None
+    return chip if isinstance(chip, ImageModel) else None

@@ -153,8 +153,13 @@ def exposure_time(headers, path, extension, names=("EXPTIME",), override=None):
     return value
 
 
-def units_from(bunit, path, extension, override=None, override_electrons=True):
-    """Return ``(kind, in_electrons, bunit)`` from a BUNIT string or the user's statement."""
+def units_from(bunit, path, extension, override=None, gain=None):
+    """Return ``(kind, in_electrons, bunit)`` from a BUNIT string or the user's statement.
+
+    With ``override`` (the user's ``units``) the kind is the user's; counts and rates are DN
+    when the user also gives a ``gain`` (that is what a gain is for), else what BUNIT says
+    (electrons when BUNIT says nothing readable).
+    """
     if override is not None:
         if override not in ("counts", "countrate", "surface_brightness"):
             raise DrizzlepipeInputError(
@@ -162,8 +167,7 @@ def units_from(bunit, path, extension, override=None, override_electrons=True):
                 f"units={override!r} is not one of counts, countrate, surface_brightness",
                 extension,
             )
-        electrons = None if override == "surface_brightness" else override_electrons
-        return override, electrons, str(bunit) if bunit else override
+        return override, electrons_stated(bunit, override, gain), str(bunit) if bunit else override
     if bunit is None or str(bunit).strip() == "":
         raise DrizzlepipeInputError(
             path, "no BUNIT keyword: units unknown; pass units= to state them", extension
@@ -175,6 +179,20 @@ def units_from(bunit, path, extension, override=None, override_electrons=True):
             path, f"unknown units BUNIT={bunit!r}; pass units= to state them", extension
         ) from None
     return kind, electrons, str(bunit)
+
+
+def electrons_stated(bunit, units, gain):
+    """Whether counts or rates the user stated as ``units`` are electrons (None for surface
+    brightness): not when the user gives a ``gain``, else as BUNIT says, else electrons."""
+    if units == "surface_brightness":
+        return None
+    if gain is not None:
+        return False
+    try:
+        electrons = parse_bunit(bunit)[1] if bunit else None
+    except ValueError:
+        electrons = None
+    return True if electrons is None else electrons
 
 
 def as_number(value):

@@ -44,8 +44,8 @@ def science_hdu(hdulist, path):
     raise DrizzlepipeInputError(path, "no 2-D image in the primary or any image extension")
 
 
-def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True, gain=None,
-                    readnoise=None, resetbits=None):  # fmt: skip
+def read_plain_fits(hdulist, path, *, units=None, exptime=None, gain=None, readnoise=None,
+                    resetbits=None):  # fmt: skip
     """Read a plain FITS image into an :class:`ImageModel`.
 
     Parameters
@@ -58,10 +58,9 @@ def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True, 
         ``counts``, ``countrate`` or ``surface_brightness`` when BUNIT is absent or wrong.
     exptime : float, optional
         Exposure time [s] when no keyword holds it.
-    electrons : bool
-        With ``units`` stated: True if counts/rates are electrons, False if DN.
     gain, readnoise : float, optional
-        Gain [e-/DN] and read noise [e-] overriding the header's.
+        Gain [e-/DN] and read noise [e-] overriding the header's; with ``units`` stated, a
+        gain makes counts and rates DN (see :func:`._common.units_from`).
     resetbits : int or str, optional
         DQ bits cleared in memory (the file is not touched).
     """
@@ -77,7 +76,7 @@ def read_plain_fits(hdulist, path, *, units=None, exptime=None, electrons=True, 
     wcs.pixel_shape = (shape[1], shape[0])
     exp = exposure_time(headers, path, ext, _EXPTIME_KEYS, exptime)
     kind, in_electrons, bunit = units_from(
-        first_keyword(headers, ("BUNIT",)), path, ext, units, electrons
+        first_keyword(headers, ("BUNIT",)), path, ext, units, gain
     )
 
     err, has_err = np.zeros(shape, np.float32), False

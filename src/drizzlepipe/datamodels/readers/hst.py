@@ -161,7 +161,7 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     bunit = first_keyword(headers, ("BUNIT",))
     if bunit is None and units is None:
         bunit = chip_detector.native_bunit
-    kind, electrons, bunit = units_from(bunit, path, ext, units)
+    kind, electrons, bunit = units_from(bunit, path, ext, units, gain)
 
     model = ImageModel(data=data, dq=dq, err=err)
     if time_map is not None:

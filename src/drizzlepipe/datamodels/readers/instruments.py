@@ -200,6 +200,10 @@ def _first_number(headers, names):
 
 
 def _detector(gain, readnoise, header_gain, header_noise, native, direction):
+    if gain is not None and not gain > 0:
+        raise ValueError(f"gain must be a positive number of electrons per DN, got {gain!r}")
+    if readnoise is not None and not readnoise >= 0:
+        raise ValueError(f"readnoise must be a number of electrons >= 0, got {readnoise!r}")
     assumed = []
     if gain is None:
         gain = header_gain

@@ -119,7 +119,7 @@ def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None, reset
     if data is None or np.ndim(data) != 2:
         raise DrizzlepipeInputError(path, "not a 2-D image model", ext)
     shape = data.shape
-    for array_name in ("dq", "err", "var_rnoise", "var_poisson"):
+    for array_name in ("dq", "err", "var_rnoise", "var_poisson", "var_flat"):
         array = getattr(jwst_model, array_name, None)
         if array is not None and array.shape != shape:
             raise DrizzlepipeInputError(
@@ -148,7 +148,7 @@ def convert_jwst_model(jwst_model, path=None, *, units=None, exptime=None, reset
         ),
         err=np.asarray(err if err is not None else np.zeros(shape), np.float32),
     )
-    for array_name in ("var_rnoise", "var_poisson"):
+    for array_name in ("var_rnoise", "var_poisson", "var_flat"):
         array = getattr(jwst_model, array_name, None)
         if array is not None and np.size(array):
             setattr(model, array_name, np.asarray(array, np.float32))

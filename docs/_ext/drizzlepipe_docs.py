@@ -1,0 +1,96 @@
+"""Sphinx directives that write documentation tables from the code, so that they cannot drift.
+
+``.. step-parameters:: drizzlepipe.steps.SkySubStep`` renders the step's parameters (name, type,
+default, limits, description) from its stpipe spec; ``:common:`` adds stpipe's common ones.
+``.. schema-keywords:: image`` renders a data model schema's metadata (path, FITS keyword,
+extension, title).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import resources
+
+import yaml
+from docutils import nodes
+from docutils.parsers.rst import Directive, directives
+
+
+def _table(headers, rows, widths):
+    table = nodes.table()
+    group = nodes.tgroup(cols=len(headers))
+    table += group
+    for width in widths:
+        group += nodes.colspec(colwidth=width)
+    head = nodes.thead()
+    group += head
+    head += _row(headers)
+    body = nodes.tbody()
+    group += body
+    for row in rows:
+        body += _row(row)
+    return table
+
+
+def _row(cells):
+    row = nodes.row()
+    for cell in cells:
+        entry = nodes.entry()
+        entry += nodes.paragraph(text=str(cell))
+        row += entry
+    return row
+
+
+class StepParameters(Directive):
+    """The argument table of a step or pipeline class."""
+
+    required_arguments = 1
+    option_spec = {"common": directives.flag}
+
+    def run(self):
+        from drizzlepipe.steps.base import parameter_docs
+
+        module_name, _, class_name = self.arguments[0].rpartition(".")
+        step_class = getattr(importlib.import_module(module_name), class_name)
+        rows = [
+            (f"{p.name}", p.kind, p.default, p.limits, p.description)
+            for p in parameter_docs(step_class, common="common" in self.options)
+        ]
+        headers = ("parameter", "type", "default", "limits", "description")
+        return [_table(headers, rows, (14, 16, 10, 8, 52))]
+
+
+def _schema_rows(schema, prefix=""):
+    rows = []
+    for name, node in (schema.get("properties") or {}).items():
+        path = f"{prefix}.{name}" if prefix else name
+        keyword = node.get("fits_keyword") or ""
+        extension = node.get("fits_hdu") or ("PRIMARY" if keyword else "")
+        if keyword or node.get("fits_hdu") or node.get("datatype"):
+            rows.append((path, keyword, extension, node.get("title", "")))
+        elif node.get("type") != "object" or not node.get("properties"):
+            rows.append((path, "", "", node.get("title", "")))
+        rows.extend(_schema_rows(node, path))
+    for part in schema.get("allOf") or ():
+        rows.extend(_schema_rows(part, prefix))
+    return rows
+
+
+class SchemaKeywords(Directive):
+    """The metadata and arrays of a drizzlepipe schema (``core``, ``image``, ``resampled``)."""
+
+    required_arguments = 1
+
+    def run(self):
+        package = resources.files("drizzlepipe.datamodels") / "schemas"
+        schema = yaml.safe_load((package / f"{self.arguments[0]}.schema.yaml").read_text())
+        rows = _schema_rows(schema)
+        headers = ("attribute", "FITS keyword", "extension", "meaning")
+        return [_table(headers, rows, (26, 12, 10, 52))]
+
+
+def setup(app):
+    """Register the directives."""
+    app.add_directive("step-parameters", StepParameters)
+    app.add_directive("schema-keywords", SchemaKeywords)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
