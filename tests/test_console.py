@@ -89,3 +89,19 @@ def test_warnings_name_the_chip_with_many_cosmic_rays_and_the_wild_sky(console_r
     assert len(flagged) == 1 and flagged[0].startswith(f"{files[1].name}[SCI,1]")
     spread = [w for w in warnings if w.startswith("Sky brightness differs by a factor")]
     assert len(spread) == 1 and files[0].name.removesuffix("_flt.fits") in spread[0]
+
+
+def test_stpipes_parameter_dump_is_debug_for_our_steps(small_simulation, caplog):
+    """stpipe logs ~200 lines of parameters at INFO for a top-level run: ours show them only
+    when drizzlepipe logs DEBUG (strun --verbose)."""
+    from drizzlepipe.datamodels import ModelLibrary
+    from drizzlepipe.steps import SkySubStep
+
+    library = ModelLibrary([str(p) for p in small_simulation.flt_files[:2]])
+    with caplog.at_level(logging.INFO):
+        SkySubStep.call(library, configure_log=False)
+    assert "parameters are" not in caplog.text and "finished in" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        SkySubStep.call(library, configure_log=False)
+    assert "SkySubStep parameters are" in caplog.text

@@ -214,3 +214,35 @@ def test_ivm_weights_of_surface_brightness_need_var_rnoise(tmp_path):
         model.save(str(path))
     with pytest.raises(DrizzlepipeInputError, match="VAR_RNOISE"):
         DrizFinalStep.call(str(path), weight_type="ivm", configure_log=False)
+
+
+def test_surface_brightness_and_per_pixel_inputs_are_refused(tmp_path):
+    from stdatamodels.jwst import datamodels as jdm
+
+    from fitsfactory import make_jwst_cal
+
+    cal = tmp_path / "jw01234001001_01101_00001_nrcb1_cal.fits"
+    make_jwst_cal(cal)
+    rate = tmp_path / "jw01234001001_01101_00002_nrcb1_rate.fits"
+    with jdm.open(str(cal)) as model:
+        model.meta.bunit_data = "DN/s"  # a _rate file among _cal files
+        model.meta.observation.exposure_number = "2"
+        model.save(str(rate))
+    with pytest.raises(DrizzlepipeInputError, match="surface brightness"):
+        ModelLibrary([str(cal), str(rate)])
+
+
+def test_an_association_among_other_inputs_is_refused_clearly(small_simulation, tmp_path):
+    asn = tmp_path / "x_asn.json"
+    asn.write_text('{"products": [{"members": []}]}')
+    with pytest.raises(DrizzlepipeInputError, match="association must be the only input"):
+        ModelLibrary([str(asn), str(small_simulation.flt_files[0])])
+
+
+def test_stated_units_without_bunit_say_they_are_taken_as_electrons(tmp_path, caplog):
+    from fitsfactory import make_plain_fits
+
+    make_plain_fits(tmp_path / "frame.fits", bunit=None)
+    with caplog.at_level(logging.WARNING):
+        ModelLibrary(str(tmp_path / "frame.fits"), units="counts")
+    assert "units=counts stated without a readable BUNIT: taken as electrons" in caplog.text

@@ -73,7 +73,7 @@ def test_cfg_file_and_command_line_precedence_through_strun(small_simulation, tm
     log = _strun(
         [
             REPO / "cfg" / "few_exposures.asdf", asn, "--steps.create_median.combine_type=median",
-            f"--output_dir={tmp_path / 'out'}",
+            f"--output_dir={tmp_path / 'out'}", "--verbose",  # the parameters are logged at DEBUG
         ],
         tmp_path,
     )  # fmt: skip

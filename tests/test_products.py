@@ -186,3 +186,27 @@ def test_keywords_stop_at_999_inputs_and_the_table_holds_all():
     add_product_header(model, hdulist)
     assert "D999DATA" in hdulist[0].header and "D1000DAT" not in hdulist[0].header
     assert len(hdulist["HDRTAB"].data) == MAX_KEYWORD_INPUTS + 2
+
+
+def test_a_product_of_several_detectors_says_multiple(tmp_path, caplog):
+    import logging
+
+    from stdatamodels.jwst import datamodels as jdm
+
+    from drizzlepipe.pipelines import DrizzlePipeline
+
+    paths = []
+    for number, (detector, offset) in enumerate((("NRCB1", 0.0), ("NRCB2", 30.0))):
+        path = tmp_path / f"jw01234001001_01101_00001_{detector.lower()}_cal.fits"
+        make_jwst_cal(path, seed=number)
+        with jdm.open(str(path)) as model:
+            model.meta.instrument.detector = detector
+            model.meta.wcs = simple_gwcs((32, 36), offset=(offset, 0.0))
+            model.save(str(path))
+        paths.append(str(path))
+    with caplog.at_level(logging.INFO, logger="drizzlepipe"):
+        final = DrizzlePipeline.call(paths, configure_log=False)
+    assert final.meta.instrument.detector == "MULTIPLE"
+    assert final.meta.header_cards.instance["DETECTOR"] == "MULTIPLE"
+    # the summary names a JWST exposure's chips by their detectors
+    assert "NRCB1 NRCB2" in caplog.text

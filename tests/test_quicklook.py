@@ -47,3 +47,21 @@ def test_quicklook_of_a_file_that_is_not_a_product_says_so(small_simulation, cap
     code = main(["quicklook", str(small_simulation.flt_files[0])])
     assert code == 1
     assert "not a drizzled product (no WHT)" in capsys.readouterr().err
+
+
+def test_a_plain_fits_copy_shows_its_image_and_dq(tmp_path):
+    """A plain FITS _crf copy holds the image in its primary HDU and the flags in DQ."""
+    from astropy.io import fits
+
+    from drizzlepipe.quicklook import _chips
+
+    image = np.random.default_rng(1).normal(10, 1, (20, 30)).astype(np.float32)
+    dq = np.zeros(image.shape, np.uint32)
+    dq[3, 4], dq[5, :] = 4096, 4
+    path = tmp_path / "frame_crf.fits"
+    fits.HDUList([fits.PrimaryHDU(image), fits.ImageHDU(dq, name="DQ")]).writeto(path)
+    ((title, shown, flags, crbit),) = _chips([path])
+    assert title == "frame_crf.fits PRIMARY" and crbit == 4096
+    np.testing.assert_array_equal(shown, image)
+    cosmic, other = dq_layers(flags, crbit)
+    assert cosmic.sum() == 1 and other.sum() == 30

@@ -117,7 +117,9 @@ def test_cosmic_rays_are_found_and_flagged_in_dq(small_simulation, chain):
             strong_total += np.count_nonzero(strong)
             false += np.count_nonzero(cr & clean)
             clean_total += np.count_nonzero(clean)
-            assert model.meta.cosmic_rays.npix == np.count_nonzero(cr)
+            # counted where the input had no DQ flag (a bad column differs from the blot too)
+            unflagged = (model.dq & ~np.uint32(4096)) == 0
+            assert model.meta.cosmic_rays.npix == np.count_nonzero(cr & unflagged)
             library.shelve(model, index, modify=False)
     # Regression bounds of the default driz_cr parameters (snr 3.5/3.0, scale 1.2/0.7) on this
     # set, measured 0.985 and 1.6e-4: the misses are cosmic rays on stars (protected by the

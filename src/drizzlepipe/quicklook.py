@@ -60,6 +60,26 @@ def _product_arrays(path):
         raise DrizzlepipeInputError(path, f"unreadable ({error})") from None
 
 
+def _file_chips(path, hdulist):
+    """``(title, image, dq, crbit)`` of every chip of one ``_crf`` file: its SCI extensions
+    with their DQ, or (a plain FITS copy) its first image with the ``DQ`` extension."""
+    telescope = str(hdulist[0].header.get("TELESCOP", "")).strip().upper()
+    crbit = dqflags.default_crbit("jwst" if telescope == "JWST" else "hst")
+    images = [hdu for hdu in hdulist if hdu.name == "SCI" and hdu.is_image and hdu.data is not None]
+    if not images:  # plain FITS: the image in the primary or the first image extension
+        images = [hdu for hdu in hdulist if hdu.is_image and hdu.header.get("NAXIS") == 2][:1]
+    if not images:
+        raise DrizzlepipeInputError(path, "no image to show")
+    chips = []
+    for hdu in images:
+        version = hdu.header.get("EXTVER", 1)
+        key = ("DQ", version) if ("DQ", version) in hdulist else "DQ"
+        dq = hdulist[key].data if key in hdulist else np.zeros(hdu.data.shape, np.uint32)
+        name = f"SCI,{version}" if hdu.name == "SCI" else (hdu.name or "PRIMARY")
+        chips.append((f"{Path(path).name} {name}", hdu.data.astype(np.float32), dq, crbit))
+    return chips
+
+
 def _chips(paths):
     """``(title, image, dq, crbit)`` for the chips of the ``_crf`` files, at most
     :data:`MAX_CHIP_PANELS`."""
@@ -67,22 +87,10 @@ def _chips(paths):
     for path in paths:
         try:
             with fits.open(path) as hdulist:
-                telescope = str(hdulist[0].header.get("TELESCOP", "")).strip().upper()
-                crbit = dqflags.default_crbit("jwst" if telescope == "JWST" else "hst")
-                for hdu in hdulist:
-                    if hdu.name != "SCI" or hdu.data is None or hdu.data.ndim != 2:
-                        continue
-                    version = hdu.header.get("EXTVER", 1)
-                    dq = hdulist["DQ", version].data if ("DQ", version) in hdulist else None
-                    if dq is None:
-                        dq = np.zeros(hdu.data.shape, np.uint32)
-                    title = f"{Path(path).name} SCI,{version}"
-                    chips.append((title, hdu.data.astype(np.float32), dq, crbit))
-                    if len(chips) == MAX_CHIP_PANELS:
-                        return chips
+                chips.extend(_file_chips(path, hdulist))
         except OSError as error:
             raise DrizzlepipeInputError(path, f"unreadable ({error})") from None
-    return chips
+    return chips[:MAX_CHIP_PANELS]
 
 
 def quicklook(product, crf=(), png=None):

@@ -1043,7 +1043,7 @@ def combine_stack(
         with ThreadPoolExecutor(n_threads) as pool:
             n_empty = sum(pool.map(combine_sections, runs))
     if n_empty:
-        log.info(
+        log.debug(
             "%d of %d pixels had no good input value and were set to %s",
             n_empty,
             ny * nx,

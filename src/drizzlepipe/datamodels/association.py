@@ -96,6 +96,10 @@ def _input_names(init):
     names = []
     for item in items:
         text = str(item)
+        if text.lower().endswith(".json") and len(items) > 1:
+            raise DrizzlepipeInputError(
+                text, "an association must be the only input (its members are the exposures)"
+            )
         if text.startswith("@"):
             names.extend((name, False) for name in _read_list_file(text[1:]))
         elif _is_glob(text):
@@ -247,10 +251,11 @@ def check_exposures(records, *, allow_mixed=False):
         ):
             first = timed  # a ROOTNAME is missing: the same detector at the same time
         if first is not None and first.path != record.path:
+            hint = " (e.g. the _flc or the _flt file)" if record.telescope == "HST" else ""
             raise DrizzlepipeInputError(
                 record.path,
                 f"the same exposure as {first.path} ({_describe(record)}): give only one "
-                "of them (e.g. the _flc or the _flt file)",
+                f"of them{hint}",
             )
         similar = seen_similar.setdefault(record.similar, record) if record.similar else None
         if similar is not None and similar.path != record.path:
@@ -266,6 +271,16 @@ def check_exposures(records, *, allow_mixed=False):
                     "exposures; drop one if they are the same",
                     other.path, record.path, record.rootname,
                 )  # fmt: skip
+    kinds = {}
+    for record in records:
+        if record.per_area is not None:
+            kinds.setdefault(record.per_area, record.path)
+    if len(kinds) > 1:
+        raise DrizzlepipeInputError(
+            kinds[False],
+            f"data per pixel (counts or rates), while {kinds[True].name} is surface brightness "
+            "(MJy/sr): they cannot be drizzled together (a JWST _rate with _cal files?)",
+        )
     modes = {}
     for record in records:
         if record.photometric_mode:
@@ -276,7 +291,8 @@ def check_exposures(records, *, allow_mixed=False):
             raise DrizzlepipeInputError(
                 None,
                 f"inputs of different instruments or filters: {listing}; one product can "
-                "describe one of them only (pass allow_mixed=True to combine them anyway)",
+                "describe one of them only (allow_mixed=True, strun --allow_mixed=true, "
+                "combines them anyway)",
             )
         log.warning("Combining inputs of different instruments or filters: %s", listing)
     reported = set()
@@ -387,8 +403,10 @@ def model_records(models):
             timing = ("HST", instrument.upper(), detector.upper(), float(start), float(exptime))
         filters = str(meta.instrument.filter or "").upper().replace(";", " ")
         parts = [telescope, instrument, detector if telescope != "JWST" else "", filters]
+        per_area = meta.units == "surface_brightness" if meta.units else None
         records[key] = ExposureRecord(
             path, [], group_id=meta.group_id, telescope=telescope, instrument=instrument,
+            per_area=per_area,
             detector=detector, identity=identity, timing=timing, rootname=rootname,
             photometric_mode=" ".join(p for p in parts if p) if filters else "",
         )  # fmt: skip

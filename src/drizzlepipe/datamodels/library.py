@@ -307,11 +307,13 @@ class ChipInfo:
     units: str | None
     sky: float | None
     sky_subtracted: bool
-    cr_npix: int | None
+    cr_npix: int | None  # cosmic rays among the pixels the input had not flagged
     rootname: str | None = None
     source: str | None = None  # the input file (writers.source_key)
     filter: str | None = None
     to_electrons: float = 1.0  # electrons per data unit (the gain of data in DN)
+    cr_fraction: float | None = None  # cr_npix over the pixels the input had not flagged
+    detector: str | None = None
     sky_subtracted_by_step: bool = False
     start: float | None = None  # exposure start [MJD]
     end: float | None = None  # exposure end [MJD]
@@ -332,6 +334,8 @@ class ChipInfo:
             sky=meta.background.level,
             sky_subtracted=bool(meta.background.subtracted),
             cr_npix=meta.cosmic_rays.npix,
+            cr_fraction=meta.cosmic_rays.fraction,
+            detector=meta.instrument.detector,
             rootname=meta.rootname if meta.hasattr("rootname") else None,
             source=source_key(model),
             to_electrons=electrons_per_unit(

@@ -284,11 +284,20 @@ class DrizzlePipeline(DrizPipeline):
             for group, indices in library.group_indices.items():
                 chips = [library.chip_info(index) for index in indices]
                 files = sorted({chip.filename for chip in chips})
-                extensions = " ".join(chip.extension or f"SCI,{chip.chip}" for chip in chips)
+                # a chip by its extension (HST) or, one chip a file (JWST), its detector
+                names = [
+                    chip.extension if chip.extension not in (None, "SCI", "PRIMARY")
+                    else (chip.detector or f"SCI,{chip.chip}")
+                    for chip in chips
+                ]  # fmt: skip
                 skies = ", ".join(f"{chip.sky or 0.0:.4g}" for chip in chips)
                 flagged = sum(int(chip.cr_npix or 0) for chip in chips)
-                pixels = sum(int(np.prod(chip.shape)) for chip in chips)
-                rows.append((group, ", ".join(files), extensions, skies, flagged / pixels))
+                # the pixels the input had not flagged: npix / fraction of every chip
+                checked = sum(
+                    chip.cr_npix / chip.cr_fraction if chip.cr_fraction else np.prod(chip.shape)
+                    for chip in chips
+                )
+                rows.append((group, ", ".join(files), " ".join(names), skies, flagged / checked))
         header = ("exposure", "file", "chips", "sky (data units/pixel)")
         widths = [max(len(title), *(len(row[k]) for row in rows))
                   for k, title in enumerate(header)]  # fmt: skip

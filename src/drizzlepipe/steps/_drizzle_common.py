@@ -489,9 +489,15 @@ def carried_metadata(model, output_scale=None):
     return {"header_cards": dict(cards or {}), "photometry": photometry}
 
 
-def apply_carried(product_meta, carried):
-    """Set what :func:`carried_metadata` returned in a product's metadata."""
-    if carried["header_cards"]:
-        product_meta.header_cards = dict(carried["header_cards"])
+def apply_carried(product_meta, carried, detectors=()):
+    """Set what :func:`carried_metadata` returned in a product's metadata; a product of chips
+    of several ``detectors`` (JWST NRCB1 and NRCB2...) says ``DETECTOR = 'MULTIPLE'``."""
+    cards = dict(carried["header_cards"])
+    if len(set(detectors)) > 1:
+        product_meta.instrument.detector = "MULTIPLE"
+        if "DETECTOR" in cards:
+            cards["DETECTOR"] = "MULTIPLE"
+    if cards:
+        product_meta.header_cards = cards
     for name, value in carried["photometry"].items():
         setattr(product_meta.photometry, name, value)

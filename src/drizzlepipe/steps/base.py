@@ -40,6 +40,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class _ParametersAtDebug(logging.Filter):
+    """stpipe logs every parameter of a step run on its own at INFO (some 200 lines for the
+    pipeline): for drizzlepipe's steps those lines appear only when drizzlepipe logs DEBUG
+    (``strun --verbose``); ``strun --save-parameters`` writes them to a file."""
+
+    def filter(self, record):
+        if not str(record.msg).startswith("Step %s parameters are"):
+            return True
+        ours = record.args and str(record.args[0]) in _STEP_NAMES
+        return not ours or logging.getLogger("drizzlepipe").isEnabledFor(logging.DEBUG)
+
+
+#: Names stpipe gives drizzlepipe's steps in its log (filled as the classes are defined).
+_STEP_NAMES = set()
+_PARAMETERS_FILTER = _ParametersAtDebug()
+logging.getLogger("stpipe.step").addFilter(_PARAMETERS_FILTER)
+
+
 def open_step_input(init, **kwargs):
     """Open what a step was given: a model or library passes through; a product file opens
     as its model; anything else (file, list, glob, ``@file``, association) becomes a
@@ -69,6 +87,10 @@ class DrizStep(Step):
 
     # drizzlepipe has no reference files: nothing to prefetch from CRDS.
     prefetch_references = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _STEP_NAMES.add(cls.__name__)
 
     def run(self, *args):
         """stpipe's ``run``; run on its own (not inside a pipeline), with the output directory

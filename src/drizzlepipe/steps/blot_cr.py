@@ -104,7 +104,7 @@ class BlotCRStep(DrizStep):
         median = self._median(median_model)
         median_scale = pixel_scale(median.meta.wcs, median.data.shape)
         library = self.prepare_library(input_data)
-        totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": []}
+        totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": [], "copies": 0}
         with self.execution() as executor, library:
             filled, holes = fill_holes(median.data, out=_recycled(executor, median.data.shape))
             weight = median.wht if self.median_noise and median.wht is not None else None
@@ -157,11 +157,14 @@ class BlotCRStep(DrizStep):
                     del jobs, tasks, found, parts
                     for index in indices:
                         self._record(models[index], results[index], totals)
-                    self._save_products(group, models, results, executor, roots)
+                    self._save_products(group, models, results, executor, roots, totals)
                 finally:
                     for index, model in models.items():
                         library.shelve(model, index, modify=True)
                 log.debug("Files %d/%d checked", start + len(group), len(units))
+        if self.save_results:
+            folder = Path(self.product_path("x", "crf")).parent
+            log.info("%d _crf copies in %s", totals["copies"], folder)
         fraction = totals["flagged"] / max(totals["pixels"], 1)
         log.info(
             "Cosmic rays: %d pixels (%.3f%%) in %d chips",
@@ -257,8 +260,11 @@ class BlotCRStep(DrizStep):
             return
         cr_mask = result.mask()
         crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
+        # counted on pixels the input had not flagged already (a bad column differs from the
+        # blot too, and is left out of the products anyway)
+        flagged_before = (model.dq & np.uint32(~int(crbit) & 0xFFFFFFFF)) != 0
         set_own_flags(model, cr_mask, crbit)
-        summary = summarize_cr_mask(cr_mask)
+        summary = summarize_cr_mask(cr_mask, excluded=flagged_before)
         totals["flagged"] += int(summary.n_flagged)
         model.meta.cosmic_rays.npix = int(summary.n_flagged)
         model.meta.cosmic_rays.fraction = float(summary.fraction)
@@ -273,7 +279,7 @@ class BlotCRStep(DrizStep):
                 label, 100 * summary.fraction, 100 * MANY_COSMIC_RAYS,
             )  # fmt: skip
 
-    def _save_products(self, units, models, results, executor, roots):
+    def _save_products(self, units, models, results, executor, roots, totals):
         """Write the products asked for: per file the ``_crf`` (as tasks, in parallel in
         worker processes, which inherit the flagged models) and ``_crclean`` copies, per
         exposure the ``_blot`` and ``_crmask`` files."""
@@ -293,6 +299,9 @@ class BlotCRStep(DrizStep):
             else:
                 for chosen, path in writes:
                     write_exposure_copy([models[i] for i in chosen], path)
+            for _, path in writes:
+                log.debug("Wrote %s", path)
+            totals["copies"] += len(writes)
         for unit in units:
             exposures = {}
             for index in unit:

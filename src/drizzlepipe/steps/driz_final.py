@@ -135,12 +135,16 @@ class DrizFinalStep(DrizStep):
             raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
         # the runs' sums merged here, their rows shared by this step's threads
         product = merge_accumulators(partials, threads=self.thread_count(limit=4)).finalize()
-        used = {group for label, group in zip(labels, groups) if label in added}
-        exposures = {group: times for group, times in exposures.items() if group in used}
+        contributing = {group for label, group in zip(labels, groups) if label in added}
+        exposures = {g: times for g, times in exposures.items() if g in contributing}
         # context-bit order: bit i is chip i of the library
         mask = mask_description(self.good_bits, crbit=self.crbit or "auto")
-        members = [input_member(info, mask) for info in infos if chip_label(info) in added]
-        return self._product(product, grid, labels, members, exposures, reference, library)
+        drizzled = [info for info in infos if chip_label(info) in added]
+        members = [input_member(info, mask) for info in drizzled]
+        detectors = {info.detector for info in drizzled}
+        return self._product(
+            product, grid, labels, members, exposures, reference, library, detectors
+        )
 
     def _job(self, chips, grid_wcs, grid_shape, n_inputs):
         return DrizzleJob(
@@ -158,7 +162,8 @@ class DrizFinalStep(DrizStep):
             finalize=False,
         )
 
-    def _product(self, product, grid, inputs, members, exposures, reference, library):
+    def _product(self, product, grid, inputs, members, exposures, reference, library,
+                 detectors):  # fmt: skip
         texptime = float(sum(e["exptime"] for e in exposures.values()))
         data, err = product.data, product.err
         if self.units == "counts" and reference.meta.units != "surface_brightness":
@@ -172,7 +177,9 @@ class DrizFinalStep(DrizStep):
             context = product.context
             model.con = context  # 2-D up to 32 chips, as AstroDrizzle writes it
         meta = model.meta
-        apply_carried(meta, carried_metadata(reference, grid.pixel_scale))
+        if reference.meta.instrument.detector:
+            meta.instrument.detector = reference.meta.instrument.detector
+        apply_carried(meta, carried_metadata(reference, grid.pixel_scale), detectors)
         meta.wcs = grid.wcs
         meta.product_type = "drz"
         meta.rootname = self.product_name(library)
@@ -187,8 +194,6 @@ class DrizFinalStep(DrizStep):
             meta.telescope = reference.meta.telescope
         if reference.meta.instrument.name:
             meta.instrument.name = reference.meta.instrument.name
-        if reference.meta.instrument.detector:
-            meta.instrument.detector = reference.meta.instrument.detector
         if reference.meta.instrument.filter:
             meta.instrument.filter = reference.meta.instrument.filter
         meta.exposure.exptime = texptime

@@ -183,6 +183,7 @@ class DrizSeparateStep(DrizStep):
                     sky *= float(model.meta.exposure.exptime)
                 skies.append(sky)
                 first = first or _single_metadata(model, grid.pixel_scale)
+                first["detectors"].add(model.meta.instrument.detector)
             finally:
                 library.shelve(model, index, modify=False)
         job = DrizzleJob(
@@ -205,7 +206,7 @@ class DrizSeparateStep(DrizStep):
         _, first, readnoise, sky, members = meta
         product = result.product
         single = ResampledModel(data=product.data, wht=product.wht)
-        apply_carried(single.meta, first["carried"])
+        apply_carried(single.meta, first["carried"], first["detectors"])
         single.meta.wcs = grid.wcs
         single.meta.product_type = "single"
         single.meta.rootname = exposure_product_root(first["group_id"])
@@ -236,6 +237,7 @@ def _single_metadata(model, output_scale):
     return {
         # taken now: the chip is shelved (on disk: closed) when the single is made
         "carried": carried_metadata(model, output_scale),
+        "detectors": set(),  # of all the exposure's chips
         "filename": model.meta.filename,
         "group_id": model.meta.group_id,
         "exptime": float(model.meta.exposure.exptime),

@@ -244,10 +244,15 @@ class SkySubStep(DrizStep):
             for indices in library.file_groups:
                 models = [library.borrow(index) for index in indices]
                 try:
-                    write_copies(models, lambda source: self.product_path(roots[source], "sky"))
+                    written = write_copies(
+                        models, lambda source: self.product_path(roots[source], "sky")
+                    )
                 finally:
                     for model, index in zip(models, indices):
                         library.shelve(model, index, modify=False)
+                for path in written:
+                    log.debug("Wrote %s", path)
+        log.info("%d _sky copies in %s", len(roots), Path(self.product_path("x", "sky")).parent)
 
 
 class _OnDemandPixels:

@@ -211,6 +211,9 @@ class ExposureRecord:
     named_like : str or None
         What its *name* says (:func:`~drizzlepipe.datamodels.naming.product_kind`): only used
         to leave files matched by a glob out.
+    per_area : bool or None
+        True for surface brightness (MJy/sr), False for data per pixel (counts, rates), None
+        when the headers do not say: the two cannot be drizzled together.
     asn_table : bool
         True for an HST association table (its members are the exposures).
     notes : list of str
@@ -231,6 +234,7 @@ class ExposureRecord:
     rootname: str | None = None
     product: str | None = None
     named_like: str | None = None
+    per_area: bool | None = None
     asn_table: bool = False
     notes: list = field(default_factory=list)
 
@@ -273,7 +277,7 @@ def inspect_file(path, selector=None, *, options=None):
         if is_asn_table(hdulist):
             return [ExposureRecord(path, [], asn_table=True)]
         if is_jwst(primary):
-            return [_jwst_record(path, primary, copy_of)]
+            return [_jwst_record(path, hdulist, copy_of, options)]
         versions = sci_extvers(hdulist)
         if is_hst(primary) or versions:
             if not versions:
@@ -348,10 +352,37 @@ def _hst_records(path, hdulist, versions, selector, copy_of, options):
                 rootname=rootname,
                 product=copy_of,
                 named_like=product_kind(path.name),
+                per_area=options.get("units") == "surface_brightness",  # HST: per pixel
                 notes=notes,
             )
         )
     return records
+
+
+def _per_area(bunit, units):
+    """Whether data are surface brightness: the user's ``units``, else BUNIT; None unknown."""
+    if units is not None:
+        return units == "surface_brightness"
+    try:
+        return parse_bunit(bunit)[0] == "surface_brightness" if bunit else None
+    except ValueError:
+        return None
+
+
+def _units_notes(bunit, options):
+    """What the reader assumes about stated units: counts or rates without a readable BUNIT
+    and without a gain are taken as electrons."""
+    units = options.get("units")
+    if units in (None, "surface_brightness") or options.get("gain") is not None:
+        return []
+    try:
+        readable = bool(bunit) and parse_bunit(bunit) is not None
+    except ValueError:
+        readable = False
+    if readable:
+        return []
+    return [f"units={units} stated without a readable BUNIT: taken as electrons; pass gain= "
+            "if the data are DN"]  # fmt: skip
 
 
 def _in_dn(bunit, units):
@@ -381,6 +412,7 @@ def _hst_notes(path, hdulist, extver, options):
         else:
             notes.append(f"no BUNIT: {native}, the instrument's calibrated units, assumed")
             bunit = native
+    notes.extend(_units_notes(bunit, options))
     if "gain" in detector.assumed and _in_dn(bunit, options.get("units")):
         notes.append("gain not found in the headers: 1 e-/DN assumed; pass gain=")
     if "readnoise" in detector.assumed:
@@ -391,7 +423,9 @@ def _hst_notes(path, hdulist, extver, options):
     return notes
 
 
-def _jwst_record(path, primary, copy_of):
+def _jwst_record(path, hdulist, copy_of, options):
+    primary = hdulist[0].header
+    sci = hdulist["SCI"].header if "SCI" in hdulist else primary
     instrument, detector = _text(primary, "INSTRUME"), _text(primary, "DETECTOR")
     group = group_id_from_header(primary, None)
     identity = ("JWST", group, detector.upper()) if group else None
@@ -406,6 +440,7 @@ def _jwst_record(path, primary, copy_of):
         identity=identity,
         rootname=exposure_root(path.name),
         product=copy_of,  # JWST's own _crf files are exposures: only a header says otherwise
+        per_area=_per_area(sci.get("BUNIT"), options.get("units")),
     )
 
 
@@ -429,6 +464,7 @@ def _plain_record(path, hdulist, copy_of, options):
         headers, gain=options.get("gain"), readnoise=options.get("readnoise")
     )
     bunit = first_keyword(headers, ("BUNIT",))
+    notes.extend(_units_notes(bunit, options))
     if "gain" in detector_model.assumed and _in_dn(bunit, options.get("units")):
         notes.append("no GAIN keyword: 1 e-/DN assumed for data in DN; pass gain=")
     if "readnoise" in detector_model.assumed:
@@ -445,6 +481,7 @@ def _plain_record(path, hdulist, copy_of, options):
         rootname=exposure_root(path.name),
         product=copy_of,
         named_like=product_kind(path.name),
+        per_area=_per_area(bunit, options.get("units")),
         notes=notes,
     )
 
