@@ -201,7 +201,7 @@ def test_pixels_without_good_values_get_fill_value_and_are_counted(rng, combine_
     extra = {}
     if combine_type == "minmed":
         extra = {"weights": np.ones_like(images), "exptime": 1.0}
-    with caplog.at_level(logging.INFO, logger="drizzlepipe.algorithms.combine"):
+    with caplog.at_level(logging.DEBUG, logger="drizzlepipe.algorithms.combine"):
         result = combine_stack(
             images,
             masks,
