@@ -36,9 +36,9 @@ Equivalent parameters (:data:`PARAMETER_MAP`; every value is passed explicitly t
 * AstroDrizzle runs with ``in_memory=False`` (its default; ``--ad-in-memory``), ``num_cores=1``
   (as the issues' reference run; ``num_cores=2`` gave no speed-up here), ``build=True``,
   ``preserve=False`` (no backup copies of the inputs) and ``clean=False`` (its intermediates stay
-  for inspection). drizzlepipe runs with its defaults (``in_memory=True``, error propagation on)
-  except ``scheduler='processes'`` (``--scheduler``; drizzle's C kernels hold the GIL, so the
-  default ``threads`` cannot run them side by side) and ``steps.blot_cr.save_crmask=True`` so
+  for inspection). drizzlepipe runs with its defaults (scheduler, memory mode and workers chosen
+  by the pipeline, error propagation on; ``--scheduler`` and ``--ours-on-disk`` override them)
+  and ``steps.blot_cr.save_crmask=True`` so
   that its cosmic-ray flags are written (``_crmask`` files, one byte a pixel, like
   AstroDrizzle's ``_crmask`` files); that write is part of its ``blot_cr`` time, as
   AstroDrizzle's writes are part of its blot and driz_cr times. AstroDrizzle writes more there
@@ -350,8 +350,7 @@ def _ours_worker(spec_file, report_file):
 
 
 def run_drizzlepipe(
-    flt_files, workdir, sky_method, in_memory=True, profile=False, scheduler="processes",
-    steps=None,
+    flt_files, workdir, sky_method, in_memory=None, profile=False, scheduler=None, steps=None,
 ):  # fmt: skip
     """Run ``DrizzlePipeline`` on ``flt_files`` in a fresh process; products in ``workdir``.
 
@@ -744,15 +743,16 @@ def main(argv=None):
     parser.add_argument("--ad-num-cores", type=int, default=1)
     parser.add_argument("--ad-in-memory", action="store_true", help="AstroDrizzle in_memory=True")
     parser.add_argument(
-        "--ours-on-disk", action="store_true", help="drizzlepipe in_memory=False (default True)"
-    )
+        "--ours-on-disk", action="store_true",
+        help="drizzlepipe in_memory=False (default: the pipeline's own choice)",
+    )  # fmt: skip
     parser.add_argument(
         "--profile", action="store_true", help="run drizzlepipe under cProfile (slower)"
     )
     parser.add_argument(
         "--scheduler",
-        default="processes",
-        help="drizzlepipe's scheduler (default processes: drizzle's kernels hold the GIL)",
+        default=None,
+        help="drizzlepipe's scheduler (default: the pipeline's own, auto)",
     )
     parser.add_argument(
         "--ours-first", action="store_true", help="run drizzlepipe before AstroDrizzle"
@@ -823,7 +823,7 @@ def main(argv=None):
             simulation.flt_files,
             workdir / "drizzlepipe",
             args.sky_method,
-            in_memory=not args.ours_on_disk,
+            in_memory=False if args.ours_on_disk else None,
             profile=args.profile,
             scheduler=args.scheduler,
             steps=drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
@@ -875,8 +875,8 @@ def main(argv=None):
             "grid_shape": list(grid.shape),
         },
         "sky_method": args.sky_method,
-        "drizzlepipe_in_memory": not args.ours_on_disk,
-        "drizzlepipe_scheduler": args.scheduler,
+        "drizzlepipe_in_memory": False if args.ours_on_disk else "default",
+        "drizzlepipe_scheduler": args.scheduler or "default",
         "order": "drizzlepipe first" if args.ours_first else "AstroDrizzle first",
         "repeats": [
             {

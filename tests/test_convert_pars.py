@@ -298,7 +298,7 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
     assert tree["class"] == "drizzlepipe.pipelines.DrizzlePipeline"
     assert [s["name"] for s in tree["steps"]] == list(cp.STEP_CLASSES)
     assert [s["class"] for s in tree["steps"]] == list(cp.STEP_CLASSES.values())
-    assert tree["parameters"] == {"in_memory": True, "crbit": 4096, "resetbits": "4096"}
+    assert tree["parameters"] == {"crbit": 4096, "resetbits": "4096"}
     steps = _steps(tree)
     assert steps["static_mask"] == {"skip": False, "sigma": 4.0}
     assert steps["sky_sub"] == {
@@ -361,6 +361,7 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
         "input",
         "build",
         "num_cores",
+        "in_memory",
         "clean",
         "driz_sep_wt_scl",
         "gnkeyword",
@@ -372,7 +373,7 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
 def test_convert_hap_json_excerpt(acs_wfc_n6_json):
     tree, unmapped = cp.convert(cp.read_astrodrizzle_pars(acs_wfc_n6_json))
     steps = _steps(tree)
-    assert tree["parameters"] == {"in_memory": False, "crbit": 4096, "resetbits": "4096"}
+    assert tree["parameters"] == {"crbit": 4096, "resetbits": "4096"}
     assert steps["sky_sub"]["good_bits"] == "80" and steps["sky_sub"]["method"] == "match"
     assert steps["driz_separate"]["kernel"] == "square"
     assert steps["driz_separate"]["good_bits"] == "336"
@@ -384,7 +385,7 @@ def test_convert_hap_json_excerpt(acs_wfc_n6_json):
     assert final["good_bits"] == "336" and final["pixfrac"] == 0.8
     assert final["fillval"] == "NaN"  # final_fillval = final_maskval = None
     assert final["rotation"] == 0.0 and "pixel_scale" not in final
-    assert _unmapped_names(unmapped) == ["build", "num_cores"]
+    assert _unmapped_names(unmapped) == ["build", "num_cores", "in_memory"]
 
 
 @pytest.mark.parametrize(
@@ -609,7 +610,7 @@ def test_cli_convert_pars(tmp_path, filter_hap_cfg, capsys):
     out = tmp_path / "pars.asdf"
     assert main(["convert-pars", str(filter_hap_cfg), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "not carried over as given (6)" in printed
+    assert "not carried over as given (7)" in printed
     assert "gnkeyword" in printed and "docs/instruments.md" in printed
     assert f"to {out}" in printed
     with asdf.open(out) as af:
@@ -679,7 +680,7 @@ def test_converted_file_builds_the_pipeline(tmp_path, acs_wfc_n6_json):
     tree, _ = cp.convert(cp.read_astrodrizzle_pars(acs_wfc_n6_json))
     pipeline = DrizzlePipeline.from_config_file(str(cp.write_pars(tree, tmp_path / "p.asdf")))
     assert cp.validate_tree(tree) == "DrizzlePipeline"
-    assert pipeline.in_memory is False and pipeline.crbit == 4096
+    assert pipeline.in_memory is None and pipeline.crbit == 4096  # the memory model decides
     for name, parameters in _steps(tree).items():
         step = getattr(pipeline, name)
         assert {key: getattr(step, key) for key in parameters} == parameters, name

@@ -97,6 +97,10 @@ def by_scheduler(small_simulation):
     products = {}
     for scheduler in ("serial", "threads", "processes"):
         products[scheduler] = DrizzlePipeline.call(files, scheduler=scheduler, n_workers=2)
+    # the defaults: scheduler and in_memory chosen by the pipeline (auto, memory model), and
+    # the other memory mode (chips in temporary files)
+    products["default"] = DrizzlePipeline.call(files)
+    products["on_disk"] = DrizzlePipeline.call(files, in_memory=False)
     from distributed import LocalCluster
 
     with LocalCluster(
@@ -109,7 +113,7 @@ def by_scheduler(small_simulation):
     return products
 
 
-@pytest.mark.parametrize("scheduler", ["threads", "processes", "distributed"])
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "distributed", "default", "on_disk"])
 def test_final_products_are_identical_across_schedulers(by_scheduler, scheduler):
     reference, other = by_scheduler["serial"], by_scheduler[scheduler]
     for name in ("data", "wht", "err", "con"):
@@ -439,3 +443,15 @@ def test_chips_split_between_blot_cr_tasks_give_the_serial_product(small_simulat
     assert splits.count(2) == 2 and splits.count(1) == 6
     for name in ("data", "wht", "err", "con"):
         np.testing.assert_array_equal(getattr(split, name), getattr(serial, name))
+
+
+def test_auto_is_processes_with_two_cores_and_serial_with_one(monkeypatch):
+    from drizzlepipe.execution import resolve_scheduler
+
+    assert resolve_scheduler("auto", 2) == ("processes" if execution._FORK else "serial")
+    assert resolve_scheduler("auto", 1) == "serial"
+    assert resolve_scheduler("threads", 2) == "threads"  # only by request
+    monkeypatch.setattr(execution, "_FORK", False)
+    assert resolve_scheduler("auto", 4) == "serial"
+    with Executor(n_workers=1) as executor:
+        assert executor.scheduler == "serial"

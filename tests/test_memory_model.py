@@ -84,3 +84,49 @@ def test_sixty_exposures_on_disk_stay_under_the_memory_models_bound(sixty_exposu
     # would not fit under it.
     assert in_memory.total - on_disk.total > IMPORT_ALLOWANCE
     assert used < in_memory.chips + in_memory.singles
+
+
+def test_plan_keeps_chips_in_memory_when_they_fit_and_on_disk_otherwise():
+    from drizzlepipe.memory import plan_run
+
+    uvis = (8_400_896, 17_300_000, 8, 4)  # four full-frame UVIS exposures
+    roomy = plan_run(*uvis, cores=2, available=23 * 2**30)
+    assert (roomy.in_memory, roomy.n_workers) == (True, 2)
+    assert "fits in half of the 23.0 GiB available" in roomy.reason
+    tight = plan_run(*uvis, cores=2, available=3 * 2**30)
+    assert tight.in_memory is False and "exceeds" in tight.reason
+    # too little even on disk for two workers' tasks: one worker
+    assert plan_run(*uvis, cores=2, available=int(1.6 * 2**30)).n_workers == 1
+    # the user's values are kept
+    given = plan_run(*uvis, cores=2, available=3 * 2**30, in_memory=True, n_workers=2)
+    assert (given.in_memory, given.n_workers) == (True, 2)
+
+
+def test_available_memory_respects_a_cgroup_limit(monkeypatch):
+    import drizzlepipe.memory as memory
+
+    files = {
+        "/sys/fs/cgroup/memory.max": "2147483648",
+        "/sys/fs/cgroup/memory.current": "536870912",
+    }
+    monkeypatch.setattr(memory, "_read_number",
+                        lambda path: int(files[path]) if path in files else None)  # fmt: skip
+    monkeypatch.setattr(memory, "_system_available", lambda: 20 * 2**30)
+    assert memory.available_memory() == 2147483648 - 536870912
+    monkeypatch.setattr(memory, "_read_number", lambda path: None)  # "max": no limit
+    assert memory.available_memory() == 20 * 2**30
+
+
+def test_the_pipeline_logs_its_memory_plan_and_follows_it(small_simulation, monkeypatch,
+                                                        caplog):  # fmt: skip
+    import logging
+
+    import drizzlepipe.pipelines.drizzle_pipeline as module
+    from drizzlepipe.pipelines import DrizzlePipeline
+
+    files = [str(p) for p in small_simulation.flt_files[:2]]
+    monkeypatch.setattr(module, "available_memory", lambda: 10 * 2**20)  # 10 MiB
+    with caplog.at_level(logging.INFO, logger="drizzlepipe"):
+        DrizzlePipeline.call(files, configure_log=False, steps={"blot_cr": {"skip": True}})
+    assert "Memory plan: in_memory=False" in caplog.text and "1 worker(s)" in caplog.text
+    assert "Scheduler serial with 1 worker(s)" in caplog.text

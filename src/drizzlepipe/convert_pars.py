@@ -240,6 +240,8 @@ UNMAPPED_REASONS = {
     "preserve": "inputs are never modified, so there are no OrIg_files backups",
     "overwrite": "inputs are never modified, so there are no OrIg_files backups",
     "clean": "intermediate products are only written with save_intermediates=True",
+    "in_memory": "AstroDrizzle's switch is about its intermediate files; drizzlepipe chooses "
+    "where its chips live from the memory model (set in_memory=False to keep them on disk)",
     "driz_sep_wt_scl": "AstroDrizzle turns 'exptime' and 'expsq' into 1 [QUIRK]; weights are "
     "the exposure time",
     "driz_sep_compress": "products are not tile-compressed",
@@ -625,7 +627,6 @@ class _Converter:
     # -- global parameters --------------------------------------------------------------------
     def _globals(self):
         p = self.pars
-        self.put(None, "in_memory", p["in_memory"])
         if p["output"]:
             self.put(None, "output_file", p["output"])
         if p["crbit"] is not None:

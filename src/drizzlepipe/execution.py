@@ -6,10 +6,11 @@ step's few large tasks need no task graph) or the address of a running ``dask.di
 scheduler (``tcp://host:port``). Results never depend on the scheduler:
 tasks are pure functions of their arguments and results are combined in a fixed order.
 
-The default is ``threads``: no data is copied, and numpy releases the GIL. But the drizzle and
-blot C kernels of the ``drizzle`` package hold Python's GIL (measured here: two ``blot_image``
-calls in two threads take exactly twice as long as one), so only ``processes`` or a cluster
-run *those* in parallel, at the price of writing the chips' arrays to scratch files.
+The default is ``auto``: ``processes`` on a machine with two or more cores where workers can be
+forked, else ``serial``. The drizzle and blot C kernels of the ``drizzle`` package hold Python's
+GIL (measured here: two ``blot_image`` calls in two threads take exactly twice as long as one),
+so only ``processes`` or a cluster run *those* in parallel; forked workers inherit the chips
+without copies. ``threads`` (on request) suits the numpy-only parts.
 
 Data passing: workers receive small arguments (WCS objects passed through
 :meth:`Executor.portable`, scalars), :class:`ArrayRef` handles on arrays and :class:`ObjectRef`
@@ -57,10 +58,21 @@ __all__ = ["ArrayRef", "ObjectRef", "Executor", "SCHEDULERS", "default_workers",
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = ("serial", "threads", "processes")
+SCHEDULERS = ("auto", "serial", "threads", "processes")
 
 # Worker processes are forked on Linux (see Executor._process_pool) and then inherit objects.
 _FORK = sys.platform.startswith("linux")
+
+
+def resolve_scheduler(scheduler, n_workers=None):
+    """The scheduler ``auto`` stands for: ``processes`` when there are two or more workers and
+    worker processes can be forked (drizzle's C kernels hold the GIL, so only processes run them
+    side by side; forked workers inherit the chips without copies), else ``serial``. Other
+    names are returned as given."""
+    if scheduler != "auto":
+        return scheduler
+    workers = int(n_workers) if n_workers else default_workers()
+    return "processes" if workers >= 2 and _FORK else "serial"
 
 
 def default_workers():
@@ -305,7 +317,8 @@ class Executor:
     Parameters
     ----------
     scheduler : str
-        ``serial``, ``threads``, ``processes`` or ``tcp://host:port``.
+        ``auto`` (:func:`resolve_scheduler`), ``serial``, ``threads``, ``processes`` or
+        ``tcp://host:port``.
     n_workers : int or None
         Workers for ``threads``/``processes`` (default: the machine's cores).
     scratch_dir : str or None
@@ -316,15 +329,15 @@ class Executor:
         error is a terminal). Not drawn for a distributed cluster (see its dashboard).
     """
 
-    def __init__(self, scheduler="threads", n_workers=None, scratch_dir=None, progress=None):
-        scheduler = str(scheduler or "threads")
+    def __init__(self, scheduler="auto", n_workers=None, scratch_dir=None, progress=None):
+        scheduler = str(scheduler or "auto")
         if scheduler not in SCHEDULERS and not scheduler.startswith(("tcp://", "tls://")):
             raise ValueError(
                 f"scheduler must be one of {', '.join(SCHEDULERS)} or a dask.distributed "
                 f"address (tcp://host:port), got {scheduler!r}"
             )
-        self.scheduler = scheduler
         self.n_workers = int(n_workers) if n_workers else default_workers()
+        self.scheduler = resolve_scheduler(scheduler, self.n_workers)
         self._scratch_root = scratch_dir
         self._scratch = None
         self.progress = progress

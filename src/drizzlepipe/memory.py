@@ -21,9 +21,18 @@ the number of chips, ``E`` of exposures and ``W`` the number of workers.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-__all__ = ["MemoryEstimate", "estimate_memory", "PER_CHIP_OVERHEAD"]
+__all__ = [
+    "MEMORY_SHARE",
+    "MemoryEstimate",
+    "PER_CHIP_OVERHEAD",
+    "RunPlan",
+    "available_memory",
+    "estimate_memory",
+    "plan_run",
+]
 
 #: Python objects kept per chip (metadata tree, WCS, labels), measured on 15 and 60 exposures.
 PER_CHIP_OVERHEAD = 1 << 20
@@ -106,3 +115,105 @@ def estimate_memory(
         outputs=max(16 * o, partial * min(max(int(final_runs), 1), n_chips)),
         bookkeeping=PER_CHIP_OVERHEAD * n_chips,
     )
+
+
+def _read_number(path):
+    try:
+        text = open(path).read().strip()  # noqa: SIM115 - tiny /sys files
+    except OSError:
+        return None
+    return None if not text or text == "max" else int(text.split()[0])
+
+
+def _system_available():
+    """MemAvailable of /proc/meminfo (Linux), else the free physical pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def available_memory():
+    """Bytes this process can still use: the system's available memory, or less when a cgroup
+    (a container, a batch job) limits the process (cgroup v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``, minus what the group uses already)."""
+    available = _system_available()
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        limit = _read_number(limit_file)
+        if limit is not None and limit < (1 << 60):
+            used = _read_number(usage_file) or 0
+            available = min(available, max(limit - used, 0))
+            break
+    return int(available)
+
+
+#: Share of the available memory a run may plan to use: the rest stays for the system and
+#: for what the model does not count (page cache, the interpreter's growth).
+MEMORY_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What :func:`plan_run` decided, and why (for the log)."""
+
+    in_memory: bool
+    n_workers: int
+    reason: str
+
+
+def plan_run(chip_pixels, output_pixels, n_chips, n_exposures, *, cores, available,
+             in_memory=None, n_workers=None, **options):  # fmt: skip
+    """Choose ``in_memory`` and ``n_workers`` where the user left them to the model.
+
+    In memory when the whole run fits in :data:`MEMORY_SHARE` of the available memory, else
+    on disk; workers up to ``cores`` while their tasks fit too (at least one). Values the user
+    gave are kept.
+
+    Parameters
+    ----------
+    chip_pixels, output_pixels, n_chips, n_exposures : int
+        As :func:`estimate_memory`.
+    cores : int
+        CPU cores this process may use.
+    available : int
+        Bytes available (:func:`available_memory`).
+    in_memory : bool or None
+        The user's value, or None to decide.
+    n_workers : int or None
+        The user's value, or None to decide.
+    **options
+        Passed to :func:`estimate_memory` (``compute_err``, ``final_runs``...).
+
+    Returns
+    -------
+    RunPlan
+    """
+    budget = MEMORY_SHARE * available
+    workers = n_workers or max(1, int(cores))
+
+    def need(keep, count):
+        return estimate_memory(chip_pixels, output_pixels, n_chips, n_exposures,
+                               n_workers=count, in_memory=keep, **options).total  # fmt: skip
+
+    if in_memory is None:
+        in_memory = need(True, workers) <= budget
+        how = "fits in" if in_memory else "exceeds"
+        reason = (f"in_memory={in_memory}: {need(True, workers) / 2**30:.2f} GiB "
+                  f"{how} half of the {available / 2**30:.1f} GiB available")  # fmt: skip
+    else:
+        reason = f"in_memory={in_memory} (given)"
+    if n_workers is None:
+        while workers > 1 and need(in_memory, workers) > budget:
+            workers -= 1
+        reason += f"; {workers} worker(s) of {cores} core(s)"
+    return RunPlan(bool(in_memory), int(workers), reason)

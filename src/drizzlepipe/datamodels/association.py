@@ -31,6 +31,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 
 from ..exceptions import DrizzlepipeInputError
@@ -41,6 +42,7 @@ from .readers._common import reading
 __all__ = [
     "build_association",
     "check_exposures",
+    "footprint_estimate",
     "load_association",
     "model_records",
     "resolve_input_files",
@@ -315,6 +317,35 @@ def _describe(record):
     return "same instrument, detector, start and exposure time"
 
 
+def footprint_estimate(records):
+    """What the memory model needs, from the records' headers: the largest chip's pixels, an
+    estimate of the output grid's pixels, the numbers of chips and exposures.
+
+    The output grid is the bounding box of every chip corner in a tangent plane at the first
+    chip's corner, its axes along the first chip's rows (the default grid is rotated like the
+    first chip), at the finest chip scale; without a readable WCS in some header, the sum of
+    the chips' pixels stands for it (an upper bound for dithered exposures)."""
+    footprints = [f for record in records for f in record.footprints]
+    pixels = [f[0] for f in footprints] or [0]
+    sizes = {"chip_pixels": max(pixels), "n_chips": len(footprints),
+             "n_exposures": len(records), "output_pixels": sum(pixels)}  # fmt: skip
+    if footprints and all(f[1] is not None for f in footprints):
+        corners = np.concatenate([f[1] for f in footprints])
+        ra0, dec0 = np.deg2rad(corners[0])
+        ra, dec = np.deg2rad(corners[:, 0]), np.deg2rad(corners[:, 1])
+        cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
+        xi = np.cos(dec) * np.sin(ra - ra0) / cos_c
+        eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cos_c
+        scale = np.deg2rad(min(f[2] for f in footprints))
+        angle = np.arctan2(eta[1] - eta[0], xi[1] - xi[0])  # the first chip's x axis
+        along = xi * np.cos(angle) + eta * np.sin(angle)
+        across = -xi * np.sin(angle) + eta * np.cos(angle)
+        area = np.ptp(along) * np.ptp(across) / scale**2
+        if np.isfinite(area) and area > 0:
+            sizes["output_pixels"] = int(area)
+    return sizes
+
+
 def build_association(init, *, allow_mixed=False, options=None):
     """Build a chip-level association dict from any accepted input form.
 
@@ -375,7 +406,8 @@ def build_association(init, *, allow_mixed=False, options=None):
     product = {"members": members}
     if name or hst_product:
         product["name"] = name or hst_product
-    return {"products": [product], "table_name": table_name}
+    return {"products": [product], "table_name": table_name,
+            "sizes": footprint_estimate(records)}  # fmt: skip
 
 
 def model_records(models):

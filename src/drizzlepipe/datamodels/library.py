@@ -68,7 +68,7 @@ class ModelLibrary(AbstractModelLibrary):
         self._temp_directory = temp_directory
         if isinstance(init, Mapping):
             asn = dict(init)
-        elif _is_model_list(init):
+        elif is_model_list(init):
             models = _flatten_models(init, open_kwargs.get("resetbits"))
             if not models:
                 raise DrizzlepipeInputError(None, "empty list of models")
@@ -368,6 +368,9 @@ def _fingerprint(model):
 
 def _write_state(model, source, path):
     tree = {key: value for key, value in model._instance.items() if key not in _INPUT_ARRAYS}
+    # the WCS never changes: the input's is read again with the chip, exactly as in memory
+    # (an ASDF round trip would round its last digits)
+    tree["meta"] = {key: value for key, value in tree["meta"].items() if key != "wcs"}
     tree["drizzlepipe_state"] = dict(source)
     with atomic_target(path, ".asdf") as tmp_name:
         # DQ and static masks are mostly zeros: zlib makes them small and fast to write.
@@ -389,7 +392,10 @@ def _open_state(path):
     except Exception as exc:  # asdf raises many types for damaged files
         raise DrizzlepipeInputError(path, f"unreadable library state file ({exc})") from None
     model = _open_chip(source["name"], False, source["kwargs"])
+    wcs = model._instance["meta"].get("wcs")  # the input's, read again (not in the state)
     model._instance.update(tree)
+    if wcs is not None:
+        model._instance["meta"]["wcs"] = wcs
     return model
 
 
@@ -433,7 +439,8 @@ def open_library_member(filename, is_temp_copy, member, table_name, pool_name, k
     return model
 
 
-def _is_model_list(init):
+def is_model_list(init):
+    """True when ``init`` is a (nested) list of models rather than names."""
     if isinstance(init, (str, Path, Mapping)) or not isinstance(init, Iterable):
         return False
     items = list(init)

@@ -28,9 +28,11 @@ import time
 import numpy as np
 
 from ..algorithms.stats import has_usable_pixel
-from ..datamodels import ModelLibrary, dqflags
+from ..datamodels import ModelLibrary, build_association, dqflags
+from ..datamodels.library import is_model_list
 from ..exceptions import DrizzlepipeInputError
-from ..execution import Executor, frozen_objects
+from ..execution import Executor, default_workers, frozen_objects
+from ..memory import available_memory, plan_run
 from ..numpy_tuning import advise_once
 from ..steps import (
     BlotCRStep,
@@ -64,7 +66,7 @@ class DrizzlePipeline(DrizPipeline):
     class_alias = "drizzle_pipeline"
 
     spec = """
-    in_memory = boolean(default=True)  # Keep chips in memory (False: temporary files, bounded RAM)
+    in_memory = boolean(default=None)  # Keep chips in memory (False: temporary files, bounded RAM; None: the memory model decides)
     crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final (None: by mission)
     good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final
     save_intermediates = boolean(default=False)  # Save the products of every step
@@ -107,32 +109,51 @@ class DrizzlePipeline(DrizPipeline):
             # e.g. "strun drizzle_pipeline --save-parameters=pars.asdf" without inputs
             log.info("No input given: nothing to drizzle")
             return None
+        started = time.perf_counter()
+        advise_once(log)
+        library, workers = self._library(input_data)
         # One executor (worker pool, scratch directory) shared by every step of the run, and
         # one scratch directory for the singles an on-disk run keeps in files.
         # frozen_objects: the objects of the imported packages are not scanned again by the
         # garbage collection stpipe runs at the start of every step (~0.1 s each).
         with (
             frozen_objects(),
-            Executor(self.scheduler or "threads", self.n_workers) as self.executor,
+            Executor(self.scheduler or "auto", workers) as self.executor,
             tempfile.TemporaryDirectory(prefix="drizzlepipe-", dir=self.output_dir) as scratch,
         ):
             self.scratch_dir = scratch
+            log.info("Scheduler %s with %d worker(s)", self.executor.scheduler, workers)
             try:
-                return self._run(input_data)
+                return self._run(library, started)
             finally:
                 self.executor = self.scratch_dir = None
 
-    def _run(self, input_data):
-        started = time.perf_counter()
-        advise_once(log)
-        library = (
-            input_data
-            if isinstance(input_data, ModelLibrary)
-            else ModelLibrary(
-                input_data, on_disk=not self.in_memory, allow_mixed=self.allow_mixed,
-                **self._open_options(),
-            )
+    def _library(self, input_data):
+        """The library of the inputs and the number of workers: ``in_memory`` and ``n_workers``
+        the user left at None are decided by the memory model from the inputs' headers and the
+        memory available (:func:`~drizzlepipe.memory.plan_run`), and the choice is logged."""
+        cores = self.n_workers or default_workers()
+        if isinstance(input_data, ModelLibrary):
+            return input_data, cores
+        if is_model_list(input_data):  # the models are in memory already
+            library = ModelLibrary(input_data, allow_mixed=self.allow_mixed,
+                                   **self._open_options())  # fmt: skip
+            return library, cores
+        asn = build_association(input_data, allow_mixed=self.allow_mixed,
+                                options=self._open_options())  # fmt: skip
+        sizes = asn["sizes"]
+        plan = plan_run(
+            sizes["chip_pixels"], sizes["output_pixels"], sizes["n_chips"], sizes["n_exposures"],
+            cores=default_workers(), available=available_memory(), in_memory=self.in_memory,
+            n_workers=self.n_workers, compute_err=self.driz_final.compute_err,
+            context=self.driz_final.context, final_runs=self.driz_final.runs,
         )  # fmt: skip
+        log.info("Memory plan: %s", plan.reason)
+        library = ModelLibrary(asn, on_disk=not plan.in_memory, allow_mixed=self.allow_mixed,
+                               **self._open_options())  # fmt: skip
+        return library, plan.n_workers
+
+    def _run(self, library, started):
         self.product_root = self.product_name(library)
         self._share_defaults()
         library = self._usable(library)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
@@ -136,11 +136,15 @@ class OutputGridMaker:
             With the parameter to change (``steps.<step>.max_pixels``) in the message.
         """
         try:
-            return self._make(library)
+            grid = self._make(library)
         except OutputGridTooLargeError as error:
             raise OutputGridTooLargeError(
                 f"{self.step_name}: {error} (parameter steps.{self.step_name}.max_pixels)"
             ) from None
+        # The WCS as every process and every saved product will see it (astropy's WCS goes
+        # through a FITS header in a pickle and in ASDF, which rounds its last digits once):
+        # in memory or on disk, every task then works with the same numbers.
+        return replace(grid, wcs=Executor.portable(grid.wcs))
 
     def _make(self, library):
         if self.refimage:

@@ -23,7 +23,7 @@ from ..datamodels import DrizDataModel, ModelLibrary, open_path
 from ..datamodels.naming import KNOWN_SUFFIXES, exposure_root
 from ..datamodels.readers import product_model_type
 from ..exceptions import DrizzlepipeInputError
-from ..execution import Executor, default_workers
+from ..execution import Executor, default_workers, resolve_scheduler
 
 __all__ = [
     "DrizStep",
@@ -81,7 +81,7 @@ class DrizStep(Step):
 
     spec = """
     output_ext = string(default='.fits')  # File type of saved products (.fits or .asdf)
-    scheduler = string(default=None)  # serial, threads, processes or tcp://host:port (None: the pipeline's, else threads)
+    scheduler = string(default=None)  # auto, serial, threads, processes or tcp://host:port (None: the pipeline's, else auto: processes with 2+ cores and fork, else serial)
     n_workers = integer(default=None, min=1)  # Workers for threads/processes (None: all cores)
     """  # noqa: E501
 
@@ -187,7 +187,7 @@ class DrizStep(Step):
         if shared is not None:
             yield shared
             return
-        with Executor(self.scheduler or "threads", self.n_workers) as executor:
+        with Executor(self.scheduler or "auto", self.n_workers) as executor:
             yield executor
 
     def thread_count(self, limit=None):
@@ -197,7 +197,7 @@ class DrizStep(Step):
         shared = self.pipeline_executor()
         if shared is not None:
             count = 1 if shared.scheduler == "serial" else shared.n_workers
-        elif (self.scheduler or "threads") == "serial":
+        elif resolve_scheduler(self.scheduler or "auto", self.n_workers) == "serial":
             count = 1
         else:
             count = self.n_workers or default_workers()

@@ -10,11 +10,14 @@ its association, refuses duplicates and mixed data, and warns, from it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asdf
+import numpy as np
 from astropy.io import fits
+from astropy.wcs import WCS
 
 from ...exceptions import DrizzlepipeInputError
 from ..models import ImageModel, ResampledModel
@@ -214,6 +217,10 @@ class ExposureRecord:
     per_area : bool or None
         True for surface brightness (MJy/sr), False for data per pixel (counts, rates), None
         when the headers do not say: the two cannot be drizzled together.
+    footprints : list of tuple
+        Per chip ``(pixels, corners, scale)``: its number of pixels, the RA/Dec of its corners
+        [deg] and its pixel scale [deg] from the header's celestial WCS without lookup tables
+        (None when the header has none): enough to size the output grid before reading data.
     asn_table : bool
         True for an HST association table (its members are the exposures).
     notes : list of str
@@ -235,6 +242,7 @@ class ExposureRecord:
     product: str | None = None
     named_like: str | None = None
     per_area: bool | None = None
+    footprints: list = field(default_factory=list)
     asn_table: bool = False
     notes: list = field(default_factory=list)
 
@@ -353,10 +361,33 @@ def _hst_records(path, hdulist, versions, selector, copy_of, options):
                 product=copy_of,
                 named_like=product_kind(path.name),
                 per_area=options.get("units") == "surface_brightness",  # HST: per pixel
+                footprints=[_footprint(hdulist["SCI", extver].header) for extver in extvers],
                 notes=notes,
             )
         )
     return records
+
+
+def _footprint(header):
+    """``(pixels, corners, scale)`` of a chip from its header alone (see ExposureRecord)."""
+    nx, ny = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+    header = header.copy()
+    for keyword in list(header):  # lookup tables live in other extensions: not needed here
+        if keyword.startswith(("CPDIS", "DP1", "DP2", "CPERR", "D2IM", "AXISCORR")):
+            del header[keyword]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2, relax=True)
+        if not wcs.has_celestial:
+            return nx * ny, None, None
+        x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+        y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+        corners = np.column_stack(wcs.all_pix2world(x, y, 0))
+        scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
+    except Exception:  # noqa: BLE001 - any header astropy cannot read: size unknown
+        return nx * ny, None, None
+    return nx * ny, corners, scale
 
 
 def _per_area(bunit, units):
@@ -441,6 +472,7 @@ def _jwst_record(path, hdulist, copy_of, options):
         rootname=exposure_root(path.name),
         product=copy_of,  # JWST's own _crf files are exposures: only a header says otherwise
         per_area=_per_area(sci.get("BUNIT"), options.get("units")),
+        footprints=[_footprint(sci)],
     )
 
 
@@ -482,6 +514,7 @@ def _plain_record(path, hdulist, copy_of, options):
         product=copy_of,
         named_like=product_kind(path.name),
         per_area=_per_area(bunit, options.get("units")),
+        footprints=[_footprint(hdu.header)],
         notes=notes,
     )
 
