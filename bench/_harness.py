@@ -102,6 +102,18 @@ _TABLE_ROW = re.compile(
 )
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (figures differ between hosts: every
+    benchmark prints it beside its numbers), or ``"unknown CPU"``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def _maxrss_mib(who: int = resource.RUSAGE_SELF) -> float:
     """``getrusage(who).ru_maxrss`` in MiB (Linux reports KiB, macOS bytes)."""
     maxrss = resource.getrusage(who).ru_maxrss

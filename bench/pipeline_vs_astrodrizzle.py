@@ -94,6 +94,7 @@ from _harness import (
     REPO_ROOT,
     SKYPAC_PATCH,
     _RssSampler,
+    cpu_model,
     measure,
     print_side_by_side,
     run_astrodrizzle,
@@ -770,10 +771,10 @@ def main(argv=None):
         help="drizzlepipe writes _crf copies of the exposures (default: _crmask files)",
     )
     parser.add_argument(
-        "--numpy-avx512",
+        "--numpy-avx2",
         action="store_true",
-        help="keep NumPy's AVX-512 sort on AMD Zen 4 (default: both pipelines get the faster "
-        "AVX2 sort, see drizzlepipe.numpy_tuning)",
+        help="start both pipelines with NumPy's AVX2 sort on AMD Zen 4, as drizzlepipe advises "
+        "there (default: NumPy's default, what `strun` gets; see drizzlepipe.numpy_tuning)",
     )
     parser.add_argument("--ours-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -790,9 +791,9 @@ def main(argv=None):
     print(
         f"drizzlepipe commit {version['commit']}"
         f"{' with uncommitted changes in src/' if version['src_modified'] else ''}; "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+        f"{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-    if not args.numpy_avx512:
+    if args.numpy_avx2:
         # both children inherit this process's environment
         os.environ.update(tuned_environment())
     print(
@@ -866,7 +867,7 @@ def main(argv=None):
     print_report(ours, peer, scores, agreement, skies, args.sky_method, grid)
 
     results = {
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "drizzlepipe_version": version,
         "data": {
             "exposures": args.exposures,

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-from drizzlepipe.numpy_tuning import tuned_environment
-
 HERE = Path(__file__).resolve().parent
 
 #: Scripts in the order they run (cheap ones first); each takes --peer-python.
@@ -53,7 +51,6 @@ def main(argv=None):
                 *EXTRA_ARGS.get(name, []),
             ],
             check=False,
-            env=tuned_environment(),  # NumPy's AVX2 sort on AMD Zen 4 (drizzlepipe.numpy_tuning)
         )
         print(f"===== {name}: exit {run.returncode}, {time.perf_counter() - started:.0f} s")
         if run.returncode:

@@ -22,7 +22,7 @@ from drizzlepipe.algorithms.crdetect import detect_cosmic_rays
 from drizzlepipe.algorithms.pixmap import compute_pixmap
 from drizzlepipe.execution import ArrayRef
 from drizzlepipe.steps import _tasks
-from drizzlepipe.steps._tasks import BlotCRJob, blot_and_detect, join_rows, split_rows
+from drizzlepipe.steps._tasks import BlotCRJob, blot_and_detect
 
 
 def _tan(crpix, rotation=0.0, scale=0.05):
@@ -170,28 +170,3 @@ def test_holes_carried_in_the_weight_give_the_same_masks_and_blot(offset):
     np.testing.assert_array_equal(np.isnan(got.blotted), np.isnan(expected.blotted))
     np.testing.assert_allclose(got.blotted, expected.blotted, rtol=0, equal_nan=True)
     assert np.isnan(expected.blotted).sum() > 0  # the hole (and the part off the median) left out
-
-
-@pytest.mark.parametrize("parts", [2, 3, 5])
-@pytest.mark.parametrize(("noise", "offset"), [("detector", (0.0, 0.0)), ("err", (0.0, 120.0))])
-def test_a_chip_split_by_rows_between_tasks_gives_the_whole_chips_result(
-    monkeypatch, parts, noise, offset
-):
-    # BlotCR shares the last chips of a map between workers: the tasks' rows, joined, must be
-    # the whole chip's masks, counts and blot (also when some tasks' rows have no median data)
-    job = _job(noise, 2, 1, offset)
-    monkeypatch.setattr(_tasks, "BAND_ROWS", 20)
-    whole = blot_and_detect(job)
-    tasks = split_rows(job, parts)
-    assert len(tasks) == parts
-    assert [task.rows[0] for task in tasks][1:] == [task.rows[1] for task in tasks][:-1]
-    assert tasks[0].rows[0] == 0 and tasks[-1].rows[1] == job.shape[0]
-    assert all(task.rows[0] % 20 == 0 for task in tasks)  # whole bands of the chip's layout
-    results = [blot_and_detect(task) for task in tasks]
-    if offset[1]:
-        assert results[0].packed_mask is None  # rows off the median: nothing checked there
-    joined = join_rows(results, job.shape)
-    assert whole.n_flagged > 500 and joined.n_flagged == whole.n_flagged
-    np.testing.assert_array_equal(joined.mask(), whole.mask())
-    np.testing.assert_array_equal(joined.blotted, whole.blotted)
-    assert split_rows(job, 1) == [job] and len(split_rows(job, 100)) == 8  # at most one a band

@@ -16,7 +16,6 @@ import warnings
 import numpy as np
 import pytest
 
-from drizzlepipe.algorithms import combine
 from drizzlepipe.algorithms.combine import (
     COMBINE_TYPES,
     CombineResult,
@@ -304,24 +303,6 @@ def test_results_do_not_depend_on_bufsize(rng, combine_type, grow):
     results = [combine_stack(images, masks, bufsize=b, **kwargs) for b in (0.01, 1, 1000)]
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
-    # nor on the threads sharing the sections (2 or 3 runs of sections, uneven)
-    pools = []
-
-    class CountingPool(combine.ThreadPoolExecutor):
-        def __init__(self, workers):
-            pools.append(workers)
-            super().__init__(workers)
-
-    for threads in (2, 3):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(combine, "ThreadPoolExecutor", CountingPool)
-            threaded = combine_stack(
-                images, masks, bufsize=0.01, threads=threads, return_empty_count=True, **kwargs
-            )
-        assert pools[-1] == threads  # the sections really were shared out
-        np.testing.assert_array_equal(threaded.image, results[0])
-        serial = combine_stack(images, masks, bufsize=0.01, return_empty_count=True, **kwargs)
-        assert threaded.n_empty == serial.n_empty
     if combine_type.endswith("minmed"):
         # grow really acts across rows: without it the result differs
         assert not np.array_equal(results[0], combine_stack(images, masks, **kwargs | {"grow": 0}))
@@ -349,13 +330,6 @@ def test_inputs_from_memmaps_and_fits_sections(rng, tmp_path):
     np.testing.assert_array_equal(
         combine_stack(frames, list(masks), combine_type="median", bufsize=0.01), expected
     )
-    with pytest.MonkeyPatch.context() as patch:
-        # reading a memory map releases its pages: maps are read in one thread
-        patch.setattr(combine, "ThreadPoolExecutor", None)
-        np.testing.assert_array_equal(
-            combine_stack(frames, list(masks), combine_type="median", bufsize=0.01, threads=2),
-            expected,
-        )
 
     hdus = []
     for index, image in enumerate(images):
@@ -367,13 +341,6 @@ def test_inputs_from_memmaps_and_fits_sections(rng, tmp_path):
         np.testing.assert_array_equal(
             combine_stack(sections, masks, combine_type="median", bufsize=0.01), expected
         )
-        # sections share a file handle: read in one thread even when threads are offered
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(combine, "ThreadPoolExecutor", None)  # fails if threads are used
-            np.testing.assert_array_equal(
-                combine_stack(sections, masks, combine_type="median", bufsize=0.01, threads=2),
-                expected,
-            )
     finally:
         for hdul in hdus:
             hdul.close()

@@ -228,163 +228,23 @@ def test_input_errors_survive_pickling_with_their_parts():
         )  # fmt: skip
 
 
-def _freeze_count(_):
-    return gc.get_freeze_count()
-
-
-class _Node:
-    pass
-
-
-def test_frozen_objects_spares_existing_objects_and_collects_new_cycles():
-    import weakref
-
-    assert gc.get_freeze_count() == 0
-    with execution.frozen_objects():
-        frozen = gc.get_freeze_count()
-        assert frozen > 1000  # the imported packages' objects
-        node = _Node()
-        node.cycle = node  # garbage only the collector can free
-        alive = weakref.ref(node)
-        del node
-        gc.collect()
-        assert alive() is None
-        made_inside = _Node()
-        with execution.frozen_objects():  # nested: nothing more is frozen, nothing thawed
-            pass
-        assert any(item is made_inside for item in gc.get_objects())  # still collectable
-        assert gc.get_freeze_count() > 1000
-    assert gc.get_freeze_count() == 0
-
-
-def test_forked_workers_are_frozen_and_this_process_is_not(monkeypatch):
-    monkeypatch.setattr(execution, "_FORK", True)
-    assert gc.get_freeze_count() == 0
-    with Executor("processes", 2) as executor:
-        counts = executor.map(_freeze_count, range(4))
-        assert gc.get_freeze_count() == 0
-    # workers' collectors do not touch (and so copy) the pages of inherited objects
-    assert all(count > 1000 for count in counts)
-    with execution.frozen_objects(), Executor("processes", 2) as executor:
-        executor.map(_freeze_count, range(2))
-        assert gc.get_freeze_count() > 1000  # a frozen process stays frozen
-
-
-def _address(array):
-    return array.__array_interface__["data"][0]
-
-
 def _write_sevens(ref):
     ref.get()[...] = 7.0
     return True
 
 
-def test_shared_buffers_are_reused_zeroed_only_after_every_view_is_gone():
+def test_a_shared_buffer_written_by_a_forked_worker_is_read_here_and_outlives_the_executor():
     with Executor("processes", n_workers=2) as executor:
-        ref = executor.shared_zeros((40, 50), np.float64)
-        assert executor.map(_write_sevens, [ref]) == [True]  # a forked worker writes into it
-        first = ref.get()
-        assert np.all(first == 7.0)
-        address = _address(first)
-        view = first[10:20, 5:]
-        del ref, first
-        gc.collect()
-        # a view still lives: the buffer must not be handed out again
-        second = executor.shared_zeros((40, 50), np.float64).get()
-        assert _address(second) != address and not np.shares_memory(second, view)
-        assert np.all(view == 7.0)
-        del view
-        gc.collect()
-        # the same size is now served from the freed buffer, zeroed
-        third = executor.shared_zeros((2000,), np.float64).get()
-        assert _address(third) == address and np.all(third == 0.0)
-        # another size never gets it
-        other = executor.shared_zeros((10,), np.float64).get()
-        assert _address(other) != address
-        third[...] = 1.5
-    # an array in use outlives the executor and its pool
-    assert float(third.sum()) == 3000.0 and np.all(second == 0.0)
-
-
-def _mapped_address(buffer):
-    return _address(np.frombuffer(buffer, dtype=np.uint8))
-
-
-def test_reserved_buffers_are_faulted_in_the_background_and_served_zeroed_first(monkeypatch):
-    import threading
-
-    released = threading.Event()
-    write_zeros = execution._write_zeros
-
-    def slow_write_zeros(buffers):
-        released.wait(10)
-        write_zeros(buffers)
-
-    monkeypatch.setattr(execution, "_write_zeros", slow_write_zeros)
-    with Executor("processes", n_workers=2) as executor:
-        executor.reserve_zeros((30, 40), np.float32, 3)
-        pool = executor._buffers
-        reserved = {_mapped_address(buffer) for buffer in pool._free[30 * 40 * 4]}
-        assert len(reserved) == 3
-        # a reserved buffer is not handed out while its zeros are still being written
-        taken = []
-        taker = threading.Thread(
-            target=lambda: taken.append(executor.shared_zeros((30, 40), np.float32))
-        )
-        taker.start()
-        taker.join(0.3)
-        assert taker.is_alive() and not taken
-        released.set()
-        taker.join(10)
-        refs = taken + [executor.shared_zeros((30, 40), np.float32) for _ in range(3)]
+        refs = [executor.shared_zeros((40, 50), np.float64) for _ in range(2)]
         arrays = [ref.get() for ref in refs]
-        # the three reserved buffers first, then a new one
-        assert [_address(array) in reserved for array in arrays] == [True, True, True, False]
         assert all(np.all(array == 0.0) for array in arrays)
-        assert executor.map(_write_sevens, refs[:2]) == [True, True]
-        assert np.all(arrays[0] == 7.0) and np.all(arrays[1] == 7.0)  # not zeroed behind us
-        executor.reserve_zeros((5, 5), np.float64, 2)  # never taken: unmapped at close
-    assert not pool._free and not pool._threads
-    for scheduler in ("serial", "threads"):
-        with Executor(scheduler, n_workers=2) as executor:
-            executor.reserve_zeros((30, 40), np.float32, 3)  # nothing to reserve: plain arrays
-            assert not executor._buffers._free
-
-
-def test_the_pool_keeps_at_most_four_free_buffers_per_worker_and_size():
-    with Executor("processes", n_workers=2) as executor:
-        arrays = [executor.shared_zeros((16, 16), np.float32).get() for _ in range(11)]
-        del arrays
-        gc.collect()
-        assert len(executor._buffers._free[16 * 16 * 4]) == 8  # the other three are unmapped
-
-
-def test_the_pipeline_reserves_the_singles_buffers_before_the_sky_step(
-    small_simulation, tmp_path, monkeypatch
-):
-    calls, served = [], []
-    original_reserve, original_take = Executor.reserve_zeros, execution._BufferPool.take
-
-    def recording(self, shape, dtype, count):
-        calls.append((tuple(shape), np.dtype(dtype), count))
-        return original_reserve(self, shape, dtype, count)
-
-    def take(pool, size):
-        served.append(bool(pool._free.get(size)) and id(pool._free[size][-1]) in pool._faulting)
-        return original_take(pool, size)
-
-    monkeypatch.setattr(Executor, "reserve_zeros", recording)
-    monkeypatch.setattr(execution._BufferPool, "take", take)
-    files = [str(p) for p in small_simulation.flt_files]
-    final = DrizzlePipeline.call(
-        files, output_dir=str(tmp_path), scheduler="processes", n_workers=2,
-        steps={"create_median": {"skip": True}, "blot_cr": {"skip": True}},
-    )  # fmt: skip
-    # one SCI and one WHT buffer per exposure, on the grid the singles use (the final's here)
-    assert calls == [(final.data.shape, np.dtype(np.float32), 2 * len(files))]
-    # the singles got exactly the reserved buffers; the final's came back from the singles
-    assert served[: 2 * len(files)] == [True] * (2 * len(files))
-    assert not any(served[2 * len(files) :])
+        assert not np.shares_memory(arrays[0], arrays[1])
+        assert executor.map(_write_sevens, refs[:1]) == [True]
+    # the worker's writes are seen here, the other buffer is untouched, and an array in use
+    # keeps its memory after the executor closed
+    assert np.all(arrays[0] == 7.0) and np.all(arrays[1] == 0.0)
+    arrays[1][...] = 1.5
+    assert float(arrays[1].sum()) == 3000.0
 
 
 def _identity(value):
@@ -420,29 +280,6 @@ def test_a_failing_task_stops_the_process_map_without_running_the_rest(tmp_path,
             executor.map(_fail_first_else_sleep, [(k, tmp_path) for k in range(12)])
         assert len(list(tmp_path.glob("*.done"))) < 11
         assert executor.map(_identity, [1, 2]) == [1, 2]  # the executor goes on
-
-
-def test_chips_split_between_blot_cr_tasks_give_the_serial_product(small_simulation, monkeypatch):
-    # with 64-row bands the 256-row chips have 4 bands, so the last two chips of the map go to
-    # the two worker processes as two row-range tasks each; serial runs whole chips
-    from drizzlepipe.steps import _tasks, blot_cr
-
-    monkeypatch.setattr(_tasks, "BAND_ROWS", 64)
-    splits = []
-
-    def counting_split(job, parts):
-        tasks = _tasks.split_rows(job, parts)
-        splits.append(len(tasks))
-        return tasks
-
-    monkeypatch.setattr(blot_cr, "split_rows", counting_split)
-    files = [str(p) for p in small_simulation.flt_files]
-    serial = DrizzlePipeline.call(files, scheduler="serial")
-    assert splits == []
-    split = DrizzlePipeline.call(files, scheduler="processes", n_workers=2)
-    assert splits.count(2) == 2 and splits.count(1) == 6
-    for name in ("data", "wht", "err", "con"):
-        np.testing.assert_array_equal(getattr(split, name), getattr(serial, name))
 
 
 def test_auto_is_processes_with_two_cores_and_serial_with_one(monkeypatch):

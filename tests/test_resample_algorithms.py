@@ -414,26 +414,15 @@ def test_runs_on_given_arrays_handed_back_as_partials_merge_exactly(rng):
 
 
 @pytest.mark.parametrize("given", [False, True])
-@pytest.mark.parametrize("threaded", [False, True])
-def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded, given):
+def test_received_partials_merge_in_place_exactly(rng, monkeypatch, given):
     """What the final step does with the workers' runs: every partial is received and the
-    first takes the others' sums and context bits into its own arrays, with its row blocks in
-    one thread or two. Partials with all the planes of the inputs (``given``: what the
-    workers' output buffers hold) take the context bits into the first one's planes;
-    otherwise the first run's single plane grows to the second's two."""
+    first takes the others' sums and context bits into its own arrays, a block of rows at a
+    time. Partials with all the planes of the inputs (``given``: what the workers' output
+    buffers hold) take the context bits into the first one's planes; otherwise the first
+    run's single plane grows to the second's two."""
     from drizzlepipe.algorithms import resample
 
-    monkeypatch.setattr(resample, "_THREADED_COMBINE_PIXELS", 1)  # any region may be shared
     monkeypatch.setattr(resample, "_COMBINE_BLOCK_PIXELS", 60)  # 2 rows a block: 12 blocks
-    threads = 2 if threaded else 1
-    pools = []
-
-    class CountingPool(resample.ThreadPoolExecutor):
-        def __init__(self, workers):
-            pools.append(workers)
-            super().__init__(workers)
-
-    monkeypatch.setattr(resample, "ThreadPoolExecutor", CountingPool)
     out_shape, chip_shape = (24, 30), (8, 10)
     chips, truth = _integer_placed_chips(rng, 40, out_shape, chip_shape)
     values = [rng.normal(10.0, 1.0, chip_shape).astype(np.float32) for _ in chips]
@@ -461,8 +450,7 @@ def test_received_partials_merge_in_place_exactly(rng, monkeypatch, threaded, gi
             for partial in partials
         ]
     first, second = (DrizzleAccumulator.from_partial(p, kernel="square") for p in partials)
-    merged = merge_accumulators([first, second], threads=threads).finalize()
-    assert pools == ([2] if threaded else [])  # the rows really were shared out, or not
+    merged = merge_accumulators([first, second]).finalize()
     assert merged.data is partials[0].img  # combined in place
     if given:
         assert np.shares_memory(merged.context, partials[0].context)  # ORed into its planes

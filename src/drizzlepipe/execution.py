@@ -29,9 +29,6 @@ are held while the line is drawn, so the two never mix).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import logging
 import mmap
 import multiprocessing
@@ -40,7 +37,6 @@ import pickle
 import shutil
 import sys
 import tempfile
-import threading
 import uuid
 import weakref
 from collections.abc import Callable
@@ -54,7 +50,7 @@ import numpy as np
 
 from .console import Progress, stop_holding
 
-__all__ = ["ArrayRef", "ObjectRef", "Executor", "SCHEDULERS", "default_workers", "frozen_objects"]
+__all__ = ["ArrayRef", "ObjectRef", "Executor", "SCHEDULERS", "default_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -164,117 +160,6 @@ class ObjectRef:
         return state
 
 
-class _BufferPool:
-    """Shared anonymous buffers that :meth:`Executor.shared_zeros` hands out again, zeroed, once
-    every array on them is gone, and buffers reserved ahead of need (:meth:`reserve`).
-
-    New memory is expensive where a host backs a VM's memory lazily: ``bench/fresh_memory.py``
-    measures 2.3-2.6 s per GiB written for the first time on this machine against 0.08-0.17 s
-    for pages just freed, which go cold again within seconds. A pipeline's buffers come in few
-    sizes (one per output grid): the singles' buffers, free once the median is made, become the
-    final drizzle's outputs, and an on-disk run's later batches reuse the first one's, instead
-    of new memory each time.
-
-    At most ``keep`` free buffers of each size stay mapped (resident) until the executor
-    closes; a buffer given back beyond that is unmapped at once, so a run of many in-memory
-    exposures does not carry all its singles' memory into the later steps. Buffers may be
-    given back from any thread (by the garbage collector): the lists are guarded by a lock.
-    :meth:`reserve` is not limited by ``keep``.
-    """
-
-    def __init__(self, keep):
-        self.keep = int(keep)
-        self._free = {}  # size in bytes -> list of mmap
-        self._faulting = {}  # id(mmap) -> thread writing its first zeros (reserved, never used)
-        self._threads = []
-        # reentrant: a garbage collection inside a locked section may call give_back
-        self._lock = threading.RLock()
-        self._open = True
-
-    def take(self, size):
-        with self._lock:
-            free = self._free.get(size) if self._open else None
-            buffer = free.pop() if free else None
-            thread = self._faulting.pop(id(buffer), None) if buffer is not None else None
-        if buffer is None:
-            return mmap.mmap(-1, size)
-        if thread is not None:
-            thread.join()  # its zeros are written: the buffer is ready and zero
-        else:
-            np.frombuffer(buffer, dtype=np.uint8).fill(0)
-        return buffer
-
-    def reserve(self, size, count):
-        """Map ``count`` buffers of ``size`` bytes and write them once in a background thread,
-        so that the first touch of their pages (the expensive part of new memory on a VM) runs
-        beside this thread's work instead of inside the step that needs them."""
-        with self._lock:
-            if not self._open:
-                return
-            buffers = [mmap.mmap(-1, size) for _ in range(count)]
-            thread = threading.Thread(
-                target=_write_zeros, args=(buffers,), name="drizzlepipe-prefault", daemon=True
-            )
-            self._threads.append(thread)
-            for buffer in buffers:
-                self._faulting[id(buffer)] = thread
-            self._free.setdefault(size, []).extend(buffers)
-            thread.start()
-
-    def give_back(self, size, buffer):
-        with self._lock:
-            free = self._free.setdefault(size, [])
-            if self._open and len(free) < self.keep:
-                free.append(buffer)
-        # else the mapping goes with this last reference
-
-    def close(self):
-        with self._lock:
-            self._open = False
-            threads, self._threads = self._threads, []
-            free, self._free = self._free, {}
-            self._faulting.clear()
-        for thread in threads:
-            thread.join()  # never unmap memory a thread still writes
-        for buffers in free.values():
-            for buffer in buffers:
-                with contextlib.suppress(BufferError):  # still exported: unmapped with it
-                    buffer.close()
-
-
-def _buffer_size(shape, dtype):
-    """Bytes of the shared buffer behind an array of ``shape`` and ``dtype`` (at least 1: an
-    mmap cannot be empty); reserved and requested buffers are matched by this size."""
-    return max(int(np.prod([int(n) for n in shape])) * np.dtype(dtype).itemsize, 1)
-
-
-def _write_zeros(buffers):
-    """Write zeros over each buffer with ``memset`` (a ctypes call: the GIL is released, so the
-    caller's thread keeps working while the pages are faulted in)."""
-    for buffer in buffers:
-        # the c_char view lives only for this expression, so the mmap can be closed later
-        address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-        ctypes.memset(address, 0, len(buffer))
-
-
-def _fork_workers(pool):
-    """Fork all of ``pool``'s workers now (a forking pool starts them all at its first task)
-    with this process's objects frozen: a forked worker's garbage collector would otherwise
-    write to the header of every object it inherited, copying each page it touches (measured:
-    4% of the pipeline's page faults). This process is unfrozen again at once. Inside a
-    :func:`frozen_objects` block nothing more is frozen (it could not be thawed alone): the
-    workers' collectors then skip the packages' objects frozen on entry (~150,000), not the
-    few thousand the run made since."""
-    frozen_here = gc.get_freeze_count() == 0
-    if frozen_here:
-        gc.freeze()
-    try:
-        pool.submit(int).result()
-    finally:
-        if frozen_here:
-            gc.unfreeze()
-
-
 def _run_pickled(payload):
     """Run a task pickled by :meth:`Executor._map_on_pool`: ``func(item)``."""
     stop_holding()  # forked while a progress line held the log: this worker writes its own
@@ -291,24 +176,6 @@ def _await(futures, progress):
         progress.update()
         if future.exception() is not None:
             break
-
-
-@contextlib.contextmanager
-def frozen_objects():
-    """Exclude the objects alive on entry from garbage collection until exit (``gc.freeze``).
-
-    stpipe collects garbage at the start of every step; with the ~150,000 objects of the
-    imported packages that takes ~0.1 s a step, nothing once they are frozen. Objects made
-    inside the block are collected as usual. Nothing is done when objects are frozen already.
-    """
-    if gc.get_freeze_count() > 0:
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class Executor:
@@ -343,9 +210,6 @@ class Executor:
         self.progress = progress
         self._pool = None
         self._client = None
-        # enough free buffers per size for the final drizzle's accumulations (image, weight,
-        # variance, context of each of n_workers runs) or one batch of singles (two per worker)
-        self._buffers = _BufferPool(keep=4 * self.n_workers)
 
     @property
     def shares_memory(self):
@@ -397,29 +261,14 @@ class Executor:
         if self.shares_memory:
             return ArrayRef(array=np.zeros(shape, dtype=dtype), writable=True)
         if self.inherits:
-            count = int(np.prod(shape))
-            size = _buffer_size(shape, dtype)
-            # MAP_SHARED | MAP_ANONYMOUS: a forked worker's writes are seen here.
-            buffer = self._buffers.take(size)
-            flat = np.frombuffer(buffer, dtype=dtype, count=count)
-            # Every view of the array has `flat` as its base (numpy collapses base chains up to
-            # the array whose base is the buffer), so `flat` dies with the last of them.
-            weakref.finalize(flat, self._buffers.give_back, size, buffer).atexit = False
-            array = flat.reshape(shape)
+            # MAP_SHARED | MAP_ANONYMOUS: a forked worker's writes are seen here; the memory
+            # is unmapped with the last array on it
+            buffer = mmap.mmap(-1, max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1))
+            array = np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
             return _register(ArrayRef(array=array, writable=True), array)
         path = self._scratch_path()
         np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
         return ArrayRef(path=str(path), writable=True)
-
-    def reserve_zeros(self, shape, dtype, count):
-        """Prepare ``count`` buffers for later :meth:`shared_zeros` calls of this ``shape`` and
-        ``dtype``: their memory is faulted in by a background thread now (forked workers only;
-        a no-op for the other schedulers). Unused reservations are unmapped at :meth:`close`."""
-        if not self.inherits or count < 1:
-            return
-        size = _buffer_size(shape, dtype)
-        self._buffers.reserve(size, int(count))
-        log.debug("Faulting in %d buffers of %.1f MB in the background", count, size / 1e6)
 
     def share_object(self, obj):
         """An :class:`ObjectRef` for ``obj`` (only when :attr:`shares_objects`)."""
@@ -521,14 +370,7 @@ class Executor:
             # ``if __name__ == "__main__"`` guard and notebooks keep working).
             method = "fork" if _FORK else "spawn"
             context = multiprocessing.get_context(method)
-            pool = ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
-            if method == "fork":
-                try:
-                    _fork_workers(pool)
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)  # never keep a broken pool
-                    raise
-            self._pool = pool
+            self._pool = ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
             log.debug("Started %d worker processes (%s)", self.n_workers, method)
         return self._pool
 
@@ -546,10 +388,8 @@ class Executor:
             self._pool = None
 
     def close(self):
-        """Stop worker processes, disconnect, remove the scratch directory and unmap the free
-        shared buffers (arrays still in use keep theirs)."""
+        """Stop worker processes, disconnect and remove the scratch directory."""
         self._close_pool()
-        self._buffers.close()
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -94,7 +94,6 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -907,7 +906,6 @@ def combine_stack(
     maskpt: float | None = None,
     bufsize: float | None = None,
     return_empty_count: bool = False,
-    threads: int = 1,
 ) -> np.ndarray | CombineResult:
     """Combine N aligned images pixel by pixel (median, minmed, sigma-clipped mean, ...).
 
@@ -962,10 +960,6 @@ def combine_stack(
         not depend on it.
     return_empty_count : bool
         Return a :class:`CombineResult` ``(image, n_empty)`` instead of the image alone.
-    threads : int or None
-        Threads that combine row sections side by side (numpy releases the GIL) when every
-        input is an in-memory array; memory maps and FITS sections are read in one thread.
-        Each section is combined the same way, so results do not depend on it (None: 1).
 
     Returns
     -------
@@ -1024,24 +1018,8 @@ def combine_stack(
     sections = plan_row_sections(ny, nx, bufsize=bufsize, halo=settings.grow)
     capacity = max(section.n_read for section in sections) * nx
     output = np.empty((ny, nx), dtype=np.float32)
-
-    def combine_sections(chosen):
-        # one reader per thread: it owns the row buffers
-        reader = _BlockReader(
-            image_stack, mask_stack, weight_stack, weight_limits, settings, capacity
-        )
-        return sum(_combine_section(reader, section, settings, output) for section in chosen)
-
-    stacks = [stack for stack in (image_stack, mask_stack, weight_stack) if stack is not None]
-    n_threads = max(1, min(int(threads or 1), len(sections) // 2))
-    if n_threads == 1 or not all(stack.holds_arrays for stack in stacks):
-        n_empty = combine_sections(sections)
-    else:
-        # contiguous runs of sections: each thread reads its inputs' rows in order
-        edges = [round(k * len(sections) / n_threads) for k in range(n_threads + 1)]
-        runs = [sections[a:b] for a, b in zip(edges[:-1], edges[1:])]
-        with ThreadPoolExecutor(n_threads) as pool:
-            n_empty = sum(pool.map(combine_sections, runs))
+    reader = _BlockReader(image_stack, mask_stack, weight_stack, weight_limits, settings, capacity)
+    n_empty = sum(_combine_section(reader, section, settings, output) for section in sections)
     if n_empty:
         log.debug(
             "%d of %d pixels had no good input value and were set to %s",

@@ -92,7 +92,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,8 +152,6 @@ _TOUCH_TOLERANCE = 1e-6
 _MAX_WEIGHT_WITH_ERR = 1e18
 # Pixels per block when combining partial results, so that float64 temporaries stay in cache.
 _COMBINE_BLOCK_PIXELS = 2**16
-# A merge given several threads shares out regions of at least this many pixels.
-_THREADED_COMBINE_PIXELS = 2**22
 
 
 class ResampleInputError(DrizzlepipeInputError):
@@ -910,30 +907,14 @@ class DrizzleAccumulator:
             # weights that is where the chip's total weight is positive (lanczos lobes aside)
             self._set_context_bit(context_id, main, sub_wht[part] > 0)
 
-    def _combine(self, region, img, wht, var, threads: int = 1) -> None:
-        """Combine a partial (mean, weight, variance) into ``region`` of the output, exactly.
-
-        Worked in blocks of rows so the float64 temporaries stay in cache; with ``threads``
-        > 1 (a merge in the main process) a large region is shared by up to that many threads
-        (numpy releases the GIL; every pixel is computed the same way, so the result does not
-        depend on it).
-        """
+    def _combine(self, region, img, wht, var) -> None:
+        """Combine a partial (mean, weight, variance) into ``region`` of the output, exactly,
+        in blocks of rows so that the float64 temporaries stay in cache."""
         rows, cols = region
         n_rows = rows.stop - rows.start
         step = max(1, _COMBINE_BLOCK_PIXELS // max(1, cols.stop - cols.start))
-        firsts = range(0, n_rows, step)
-
-        def combine_blocks(blocks):
-            for first in blocks:
-                self._combine_block(rows, cols, first, min(n_rows, first + step), img, wht, var)
-
-        n_pixels = n_rows * (cols.stop - cols.start)
-        threads = min(max(int(threads or 1), 1), len(firsts))
-        if n_pixels < _THREADED_COMBINE_PIXELS or threads < 2:
-            combine_blocks(firsts)
-            return
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(combine_blocks, (firsts[k::threads] for k in range(threads))))
+        for first in range(0, n_rows, step):
+            self._combine_block(rows, cols, first, min(n_rows, first + step), img, wht, var)
 
     def _combine_block(self, rows, cols, first, last, img, wht, var) -> None:
         """Rows ``first:last`` of the region (see :meth:`_combine`)."""
@@ -1096,15 +1077,13 @@ class DrizzleAccumulator:
 
     # -- merging -----------------------------------------------------------------------------
 
-    def merge(self, other: DrizzleAccumulator, threads: int = 1) -> DrizzleAccumulator:
+    def merge(self, other: DrizzleAccumulator) -> DrizzleAccumulator:
         """Add another accumulator's chips to this one, exactly (``other`` is not modified).
 
         Parameters
         ----------
         other : DrizzleAccumulator
             Same output shape, kernel, error/context switches; disjoint context ids.
-        threads : int
-            Threads that share the rows of a large output (the result does not depend on it).
 
         Returns
         -------
@@ -1137,7 +1116,6 @@ class DrizzleAccumulator:
             other._img,
             other._wht,
             other._var if self._enable_err else None,
-            threads=threads,
         )
 
         if self._enable_context and self._driz is None:
@@ -1188,17 +1166,13 @@ class DrizzleAccumulator:
         )
 
 
-def merge_accumulators(
-    accumulators: Iterable[DrizzleAccumulator], threads: int = 1
-) -> DrizzleAccumulator:
+def merge_accumulators(accumulators: Iterable[DrizzleAccumulator]) -> DrizzleAccumulator:
     """Merge partial accumulations into the first one (see :meth:`DrizzleAccumulator.merge`).
 
     Parameters
     ----------
     accumulators : iterable of DrizzleAccumulator
         At least one; all on the same grid with the same kernel and switches.
-    threads : int
-        Threads for each merge (see :meth:`DrizzleAccumulator.merge`).
 
     Returns
     -------
@@ -1210,5 +1184,5 @@ def merge_accumulators(
         raise ValueError("no accumulators to merge")
     first = accumulators[0]
     for other in accumulators[1:]:
-        first.merge(other, threads=threads)
+        first.merge(other)
     return first

@@ -255,20 +255,6 @@ class ImageStack:
         self.n_images = len(items)
         self.shape = shapes[0] if shapes else (0, 0)
 
-    @property
-    def holds_arrays(self) -> bool:
-        """Whether every input is an in-memory numpy array, which threads may read side by
-        side. A FITS section reads through a shared file handle, and reading a memory map
-        releases the whole map's pages (:func:`_release_memmap_pages`) under the other
-        threads' reads: both are read in one thread."""
-
-        def in_memory(item):
-            return isinstance(item, np.ndarray) and not isinstance(item, np.memmap)
-
-        if self._items is None:
-            return in_memory(self._cube)
-        return all(item is None or in_memory(item) for item in self._items)
-
     def is_none(self, index: int) -> bool:
         """Whether input ``index`` is absent (``None``)."""
         return self._items is not None and self._items[index] is None

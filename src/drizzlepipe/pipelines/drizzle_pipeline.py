@@ -31,7 +31,7 @@ from ..algorithms.stats import has_usable_pixel
 from ..datamodels import ModelLibrary, build_association, dqflags
 from ..datamodels.library import is_model_list
 from ..exceptions import DrizzlepipeInputError
-from ..execution import Executor, default_workers, frozen_objects
+from ..execution import Executor, default_workers
 from ..memory import available_memory, plan_run
 from ..numpy_tuning import advise_once
 from ..steps import (
@@ -114,10 +114,7 @@ class DrizzlePipeline(DrizPipeline):
         library, workers = self._library(input_data)
         # One executor (worker pool, scratch directory) shared by every step of the run, and
         # one scratch directory for the singles an on-disk run keeps in files.
-        # frozen_objects: the objects of the imported packages are not scanned again by the
-        # garbage collection stpipe runs at the start of every step (~0.1 s each).
         with (
-            frozen_objects(),
             Executor(self.scheduler or "auto", workers) as self.executor,
             tempfile.TemporaryDirectory(prefix="drizzlepipe-", dir=self.output_dir) as scratch,
         ):
@@ -167,9 +164,6 @@ class DrizzlePipeline(DrizPipeline):
 
         run = self._timed
         library = run(timings, "static_mask", library, library=library, on_skip=library)
-        if n_exposures >= 2 and not self.driz_separate.skip:
-            # the singles' memory is faulted in by a background thread during the sky step
-            self.driz_separate.reserve_outputs(library)
         library = run(timings, "sky_sub", library, library=library, on_skip=library)
         if n_exposures < 2:
             for name in ("driz_separate", "create_median", "blot_cr"):
@@ -221,7 +215,7 @@ class DrizzlePipeline(DrizPipeline):
         """The library without the chips that have no usable pixel (all NaN, or every pixel
         flagged by a DQ bit outside the final drizzle's ``good_bits``), each reported; an
         exposure left without chips is reported as left out."""
-        library.preload(self.executor.n_workers)
+        library.preload()
         good_bits = self.driz_final.good_bits
         empty = []
         with library:

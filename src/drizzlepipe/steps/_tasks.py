@@ -39,8 +39,6 @@ __all__ = [
     "received",
     "add_chip",
     "blot_and_detect",
-    "split_rows",
-    "join_rows",
     "CopyJob",
     "write_copy",
 ]
@@ -281,7 +279,6 @@ class BlotCRJob:
     median_weight: ArrayRef | None = None  # sum of the singles' weights [s], for median noise
     holes_in_weight: bool = False  # median_weight is -1 at the median's holes (holes is None)
     exptime: float = 1.0
-    rows: tuple | None = None  # (first, last): the chip rows of this task (None: all)
 
 
 def median_variance(pixel_variance, n_exposures):
@@ -298,8 +295,7 @@ def median_variance(pixel_variance, n_exposures):
 
 @dataclass
 class BlotCRResult:
-    """Cosmic-ray mask (bit-packed), the blot when asked for, and warnings to log; of the
-    whole chip, or of the task's rows (``shape`` is then theirs)."""
+    """Cosmic-ray mask (bit-packed), the blot when asked for, and warnings to log."""
 
     packed_mask: np.ndarray | None
     shape: tuple
@@ -328,51 +324,8 @@ def _band_rows(job):
     return max(BAND_ROWS, 4 * halo), halo
 
 
-def split_rows(job, parts):
-    """``job`` as up to ``parts`` tasks over consecutive runs of whole bands, so that a
-    chip's work can be shared by several workers: each task computes exactly the rows a whole
-    chip's task computes (the band layout is the chip's), and :func:`join_rows` puts their
-    results back together."""
-    band, _ = _band_rows(job)
-    n_bands = -(-job.shape[0] // band)
-    parts = max(1, min(int(parts), n_bands))
-    if parts == 1:
-        return [job]
-    edges = [round(k * n_bands / parts) * band for k in range(parts + 1)]
-    edges[-1] = job.shape[0]
-    return [replace(job, rows=(first, last)) for first, last in zip(edges[:-1], edges[1:])]
-
-
-def join_rows(results, shape):
-    """One chip's :class:`BlotCRResult` from those of its :func:`split_rows` tasks, in order."""
-    if len(results) == 1:
-        return results[0]
-    checked = [result for result in results if result.packed_mask is not None]
-    warnings = []
-    for result in results:
-        warnings.extend(message for message in result.warnings if message not in warnings)
-    blotted = None
-    if results[0].blotted is not None:
-        blotted = np.concatenate([result.blotted for result in results])
-    if not checked:
-        return BlotCRResult(None, shape, -1, blotted, warnings)
-    sizes = [int(np.prod(result.shape)) for result in results]
-    if all(size % 8 == 0 for size in sizes[:-1]) and len(checked) == len(results):
-        packed = np.concatenate([result.packed_mask for result in results])  # bytes line up
-    else:
-        packed = np.packbits(np.concatenate([result.mask() for result in results]), axis=None)
-    return BlotCRResult(
-        packed_mask=packed,
-        shape=shape,
-        n_flagged=sum(result.n_flagged for result in checked),
-        blotted=blotted,
-        warnings=warnings,
-    )
-
-
 def blot_and_detect(job):
-    """Blot the median onto one chip (or the rows ``job.rows`` of it, see
-    :func:`split_rows`) and find its cosmic rays, a band of rows at a time.
+    """Blot the median onto one chip and find its cosmic rays, a band of rows at a time.
 
     Each band is processed with ``2 + grow + ctegrow`` extra rows on either side, so the mask
     equals that of the whole chip at once: the derivative and the 3 x 3 neighbourhood of the
@@ -387,7 +340,7 @@ def blot_and_detect(job):
     """
     ny, nx = job.shape
     band, halo = _band_rows(job)
-    start, stop = job.rows or (0, ny)
+    start, stop = 0, ny
     positions = PixmapRows(job.wcs, job.shape, job.median_wcs, stepsize=job.stepsize)
     pixmap_buffer = np.empty((min(ny, band + 2 * halo), nx, 2), dtype=np.float64)
     median = job.median.get()
@@ -422,8 +375,7 @@ def blot_and_detect(job):
         messages.extend(message for message in caught if message not in messages)
     if not checked:
         return BlotCRResult(None, shape, -1, blotted_chip)
-    rows = "" if job.rows is None else f" rows {start}-{stop - 1}"
-    log.debug("Checked %s%s for cosmic rays", job.label, rows)
+    log.debug("Checked %s for cosmic rays", job.label)
     return BlotCRResult(
         packed_mask=np.packbits(cr_mask, axis=None),
         shape=shape,

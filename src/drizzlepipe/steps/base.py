@@ -219,10 +219,9 @@ class DrizStep(Step):
 
     def prepare_library(self, init, on_disk=False):
         """Return ``init`` as a :class:`ModelLibrary` (a library passes through unchanged),
-        with an in-memory library's chips read already (several files at a time)."""
+        with an in-memory library's chips read already."""
         library = init if isinstance(init, ModelLibrary) else ModelLibrary(init, on_disk=on_disk)
-        shared = getattr(self.parent, "executor", None) if self.parent is not None else None
-        library.preload(self.n_workers or (shared.n_workers if shared else default_workers()))
+        library.preload()
         return library
 
     def record_step_status(self, model, status="COMPLETE"):

@@ -29,7 +29,7 @@ from ..datamodels.writers import (
 )
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import chip_label, data_with_sky, electrons_factor, exposure_product_root
-from ._tasks import BlotCRJob, CopyJob, blot_and_detect, join_rows, split_rows, write_copy
+from ._tasks import BlotCRJob, CopyJob, blot_and_detect, write_copy
 from .base import DrizStep
 
 __all__ = ["BlotCRStep"]
@@ -106,17 +106,14 @@ class BlotCRStep(DrizStep):
         library = self.prepare_library(input_data)
         totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": [], "copies": 0}
         with self.execution() as executor, library:
-            filled, holes = fill_holes(median.data, out=_recycled(executor, median.data.shape))
+            filled, holes = fill_holes(median.data)
             weight = median.wht if self.median_noise and median.wht is not None else None
             holes_in_weight = holes is not None and weight is not None
             if holes_in_weight:
                 # one array looked up per chip pixel instead of two (the lookups are cache
                 # misses): the weight, -1 at the holes
-                merged = _recycled(executor, weight.shape)
-                merged = np.empty(weight.shape, np.float32) if merged is None else merged
-                np.copyto(merged, weight)
-                merged[holes] = -1.0
-                weight, holes = merged, None
+                weight = np.where(holes, np.float32(-1.0), weight).astype(np.float32)
+                holes = None
             shared_median = (
                 executor.share(filled),
                 executor.share(holes.astype(np.float32)) if holes is not None else None,
@@ -143,18 +140,9 @@ class BlotCRStep(DrizStep):
                                   executor)
                         for i in indices
                     ]  # fmt: skip
-                    tasks = _tapered(indices, jobs, executor)
-                    found = executor.map(
-                        blot_and_detect, [job for _, job in tasks], label="Blot + cosmic rays"
-                    )
-                    parts = {}
-                    for (index, _), result in zip(tasks, found):
-                        parts.setdefault(index, []).append(result)
-                    results = {
-                        index: join_rows(parts[index], job.shape)
-                        for index, job in zip(indices, jobs)
-                    }
-                    del jobs, tasks, found, parts
+                    found = executor.map(blot_and_detect, jobs, label="Blot + cosmic rays")
+                    results = dict(zip(indices, found))
+                    del jobs, found
                     for index in indices:
                         self._record(models[index], results[index], totals)
                     self._save_products(group, models, results, executor, roots, totals)
@@ -379,31 +367,3 @@ def set_own_flags(model, cr_mask, crbit):
     model.cr_flags = flagged[(model.dq[pixels] & crbit) != crbit].astype(np.int64)
     model.dq[pixels] |= crbit
     model.meta.cosmic_rays.crbit = int(crbit)
-
-
-def _recycled(executor, shape):
-    """A float32 array of ``shape`` on a shared buffer the executor recycles (forked workers:
-    the singles' buffers, free once the median is made, whose memory is already faulted in;
-    new memory costs ~2.5 s/GiB on a VM), or None (the caller allocates)."""
-    if not executor.inherits:
-        return None
-    return executor.shared_zeros(shape, np.float32).get()
-
-
-def _tapered(indices, jobs, executor):
-    """``(index, job)`` tasks in chip order, the last chips split in two by rows.
-
-    Chips of one size take about as long as each other, so with whole chips the workers end
-    up to a chip's time apart (measured ~0.5-1 s of one idle worker of two): the last
-    ``n_workers`` chips go as two tasks each, which halves that wait for one more pixel-map
-    set-up per split chip (~25 ms). Only for worker processes; a split chip's masks are the
-    whole chip's (:func:`split_rows`).
-    """
-    if executor.shares_memory or len(jobs) < 2:
-        return list(zip(indices, jobs))
-    tail = len(jobs) - min(executor.n_workers, len(jobs))
-    return [
-        (index, part)
-        for position, (index, job) in enumerate(zip(indices, jobs))
-        for part in split_rows(job, 2 if position >= tail else 1)
-    ]

@@ -104,8 +104,6 @@ class CreateMedianStep(DrizStep):
                 maskpt=self.maskpt if self.newmasks else _NO_WEIGHT_MASKPT,
                 bufsize=self.bufsize,
                 return_empty_count=True,
-                # row sections side by side (singles in memory; files are read in one thread)
-                threads=self.thread_count(limit=4),
             )
             weight = _total_weight([item["wht"] for item in items])
             median = self._product(result.image, weight, items)

@@ -133,8 +133,7 @@ class DrizFinalStep(DrizStep):
         ]
         if not partials:
             raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
-        # the runs' sums merged here, their rows shared by this step's threads
-        product = merge_accumulators(partials, threads=self.thread_count(limit=4)).finalize()
+        product = merge_accumulators(partials).finalize()
         contributing = {group for label, group in zip(labels, groups) if label in added}
         exposures = {g: times for g, times in exposures.items() if g in contributing}
         # context-bit order: bit i is chip i of the library

@@ -126,31 +126,6 @@ class DrizSeparateStep(DrizStep):
         spill = Path(scratch) if library.on_disk and scratch and not self.save_results else None
         return self.save_results or (library.on_disk and spill is None), spill
 
-    @staticmethod
-    def _batch_size(library, executor, save):
-        """Exposures drizzled per map: all of them when the singles stay in memory, else one
-        per worker (memory holds one batch of singles)."""
-        kept = not (library.on_disk or save)
-        return len(library.group_indices) if kept else max(1, executor.n_workers)
-
-    def reserve_outputs(self, library):
-        """Have the pipeline's executor fault in the memory of this step's output buffers (a
-        SCI and a WHT array per exposure of a batch) in a background thread while the sky step
-        works. Does nothing outside a pipeline or when the grid cannot be made (the step
-        reports that itself when it runs)."""
-        executor = self.pipeline_executor()
-        if executor is None or len(library.group_indices) < 2:
-            return
-        try:
-            grid = OutputGridMaker.from_step(self).make(library)
-        except Exception as error:  # noqa: BLE001 - process() raises it with its context
-            log.debug("No output buffers reserved: %s", error)
-            return
-        batch = min(
-            len(library.group_indices), self._batch_size(library, executor, self._saves(library)[0])
-        )
-        executor.reserve_zeros(grid.shape, np.float32, 2 * batch)
-
     def _finish(self, result, meta, grid, number, total):
         """The single of one drizzled exposure, or None (with a warning) when it has no data."""
         for reason in result.skipped:
