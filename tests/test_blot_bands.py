@@ -1,28 +1,29 @@
-"""BlotCR's per-chip task works a band of rows at a time: the bands must not change a flag.
+"""BlotCR's per-chip work goes a band of rows at a time: the bands must not change a flag.
 
-``blot_and_detect`` processes ``BAND_ROWS`` chip rows at a time with ``2 + grow + ctegrow`` rows
-of margin. Here the same job runs with bands of 12-40 rows (band edges cut cosmic rays, grown
-boxes and CTE trails; many faint hits near the threshold, where a wrong derivative at a band
-edge changes flags) and as one band holding the whole chip; the masks, counts and blots must be
-identical, also for ``noise='err'``, the median's noise, both readout directions, Lanczos, and
-a chip half outside the median (bands without any median data). One case is also checked
-against the algorithms called directly on the whole chip.
+``drizzlepipe.algorithms.blotcr.blot_and_detect`` processes ``BAND_ROWS`` chip rows at a time
+with ``2 + grow + ctegrow`` rows of margin. Here the same chip runs with bands of 12-40 rows
+(band edges cut cosmic rays, grown boxes and CTE trails; many faint hits near the threshold,
+where a wrong derivative at a band edge changes flags) and as one band holding the whole chip;
+the masks, counts and blots must be identical, also for ``noise='err'``, the median's noise,
+both readout directions, Lanczos, and a chip half outside the median (bands without any median
+data). One case is also checked against the algorithms called directly on the whole chip.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pytest
 from astropy.wcs import WCS
 
+from drizzlepipe.algorithms import blotcr
 from drizzlepipe.algorithms.blot import blot, fill_holes, sample_nearest
+from drizzlepipe.algorithms.blotcr import BlotMedian, ChipScaling, CosmicRayTest
 from drizzlepipe.algorithms.crdetect import detect_cosmic_rays
 from drizzlepipe.algorithms.pixmap import compute_pixmap
-from drizzlepipe.execution import ArrayRef
-from drizzlepipe.steps import _tasks
-from drizzlepipe.steps._tasks import BlotCRJob, blot_and_detect
 
 
 def _tan(crpix, rotation=0.0, scale=0.05):
@@ -36,6 +37,24 @@ def _tan(crpix, rotation=0.0, scale=0.05):
         [[-math.cos(theta), math.sin(theta)], [math.sin(theta), math.cos(theta)]]
     )
     return wcs
+
+
+@dataclass
+class _Chip:
+    """One chip with its median, scaling and test: the arguments of ``blot_and_detect``."""
+
+    data: np.ndarray
+    err: Any
+    wcs: Any
+    median: BlotMedian
+    scaling: ChipScaling
+    test: CosmicRayTest
+
+    def run(self):
+        return blotcr.blot_and_detect(
+            self.data, self.wcs, self.median, self.scaling, self.test, err=self.err,
+            keep_blot=True, label="chip",
+        )  # fmt: skip
 
 
 def _job(
@@ -62,32 +81,20 @@ def _job(
     faint = rng.integers(0, shape[0] * shape[1], faint)  # 1.5-12 sigma: near the thresholds
     data.flat[faint] += rng.uniform(10, 80, faint.size).astype(np.float32)
     err = np.full(shape, 6.0, np.float32)
-    return BlotCRJob(
-        data=ArrayRef(array=data),
-        err=ArrayRef(array=err) if noise == "err" else None,
+    return _Chip(
+        data=data,
+        err=err if noise == "err" else None,
         wcs=chip_wcs,
-        shape=shape,
-        label="chip",
-        median=ArrayRef(array=filled),
-        holes=ArrayRef(array=holes.astype(np.float32)),
-        median_wcs=median_wcs,
-        blot_iscale=500.0,
-        sky=sky,
-        to_counts=1.0,
-        readnoise=3.0,
-        readout_direction=direction,
-        noise=noise,
-        snr=(3.5, 3.0),
-        scale=(1.2, 0.7),
-        grow=grow,
-        ctegrow=ctegrow,
-        interp=interp,
-        sinscl=1.0,
-        stepsize=10,
-        keep_blot=True,
-        median_weight=ArrayRef(array=weight),
-        exptime=500.0,
-    )
+        median=BlotMedian(filled, holes.astype(np.float32), weight, False, median_wcs),
+        scaling=ChipScaling(
+            blot_iscale=500.0, sky=sky, to_counts=1.0, exptime=500.0, readnoise=3.0,
+            readout_direction=direction,
+        ),
+        test=CosmicRayTest(
+            snr=(3.5, 3.0), scale=(1.2, 0.7), grow=grow, ctegrow=ctegrow, noise=noise,
+            interp=interp, sinscl=1.0, stepsize=10,
+        ),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -108,10 +115,10 @@ def test_bands_give_the_masks_of_the_whole_chip(
 ):
     job = _job(noise, grow, ctegrow, offset, interp, seed, direction)
     assert band_rows >= 4 * (2 + grow + ctegrow)  # the band really has this many rows
-    monkeypatch.setattr(_tasks, "BAND_ROWS", 10**6)
-    whole = blot_and_detect(job)
-    monkeypatch.setattr(_tasks, "BAND_ROWS", band_rows)
-    banded = blot_and_detect(job)
+    monkeypatch.setattr(blotcr, "BAND_ROWS", 10**6)
+    whole = job.run()
+    monkeypatch.setattr(blotcr, "BAND_ROWS", band_rows)
+    banded = job.run()
     assert whole.packed_mask is not None
     assert whole.n_flagged > 500  # the cosmic rays are found, so the comparison means something
     assert banded.n_flagged == whole.n_flagged
@@ -122,20 +129,20 @@ def test_bands_give_the_masks_of_the_whole_chip(
 
 
 def test_whole_chip_task_is_the_algorithms_on_the_whole_chip(monkeypatch):
-    # The reference above is the task with one band; here it is checked against blot() and
+    # The reference above is the work with one band; here it is checked against blot() and
     # detect_cosmic_rays() called directly on the whole chip (noise=err: no median noise term
-    # to rebuild, so the job drops the median weight).
+    # to rebuild, so the median's weight is left out).
     job = _job("err", 3, 2)
-    job.median_weight = None
-    monkeypatch.setattr(_tasks, "BAND_ROWS", 28)
-    banded = blot_and_detect(job)
-    pixmap = compute_pixmap(job.wcs, job.shape, job.median_wcs, stepsize=job.stepsize)
-    blotted = blot(job.median.get(), pixmap, iscale=job.blot_iscale, fill_value=np.nan)
-    blotted[sample_nearest(job.holes.get(), pixmap, 1.0) > 0.5] = np.nan
-    blotted += np.float32(job.sky)
+    job.median = replace(job.median, weight=None)
+    monkeypatch.setattr(blotcr, "BAND_ROWS", 28)
+    banded = job.run()
+    pixmap = compute_pixmap(job.wcs, job.data.shape, job.median.wcs, stepsize=job.test.stepsize)
+    iscale = job.scaling.blot_iscale
+    blotted = blot(job.median.filled, pixmap, iscale=iscale, fill_value=np.nan)
+    blotted[sample_nearest(job.median.holes, pixmap, 1.0) > 0.5] = np.nan
+    blotted += np.float32(job.scaling.sky)
     expected = detect_cosmic_rays(
-        job.data.get(), blotted, noise="err", err=job.err.get(), grow=3, ctegrow=2,
-        readout_direction=1,
+        job.data, blotted, noise="err", err=job.err, grow=3, ctegrow=2, readout_direction=1,
     )  # fmt: skip
     np.testing.assert_array_equal(banded.mask(), expected)
 
@@ -147,24 +154,32 @@ def test_many_band_edges_with_faint_cosmic_rays(monkeypatch, grow, ctegrow):
     # derivative, the neighbourhood and the growths reach changes flags here (checked).
     for seed in range(3):
         job = _job("detector", grow, ctegrow, seed=seed, faint=2000)
-        monkeypatch.setattr(_tasks, "BAND_ROWS", 10**6)
-        whole = blot_and_detect(job)
-        monkeypatch.setattr(_tasks, "BAND_ROWS", 1)
-        banded = blot_and_detect(job)
+        monkeypatch.setattr(blotcr, "BAND_ROWS", 10**6)
+        whole = job.run()
+        monkeypatch.setattr(blotcr, "BAND_ROWS", 1)
+        banded = job.run()
         np.testing.assert_array_equal(banded.mask(), whole.mask())
 
 
 @pytest.mark.parametrize("offset", [(0.0, 0.0), (0.0, 120.0)])  # all on, half off the median
 def test_holes_carried_in_the_weight_give_the_same_masks_and_blot(offset):
     # BlotCR looks up one array (the median's weight, -1 at its holes) instead of two; the
-    # result must be that of the separate holes map and weight.
+    # result must be that of the separate holes map and weight (and BlotMedian.prepare makes
+    # exactly that array from the median and its weight).
+    prepared = BlotMedian.prepare(
+        np.where(_job("detector", 1, 0).median.holes > 0.5, np.nan, 1.0).astype(np.float32),
+        None,
+        weight=np.full((170, 160), 2000.0, np.float32),
+    )
+    assert prepared.holes is None and prepared.holes_in_weight
+    assert (prepared.weight == -1).sum() == 40
     separate = _job("detector", 1, 0, offset)
     combined = _job("detector", 1, 0, offset)
-    holes, weight = separate.holes.get(), separate.median_weight.get()
+    holes, weight = separate.median.holes, separate.median.weight
     assert (holes > 0.5).sum() == 40  # the median's hole is there
-    combined.median_weight = ArrayRef(array=np.where(holes > 0.5, np.float32(-1.0), weight))
-    combined.holes, combined.holes_in_weight = None, True
-    expected, got = blot_and_detect(separate), blot_and_detect(combined)
+    merged = np.where(holes > 0.5, np.float32(-1.0), weight)
+    combined.median = replace(combined.median, holes=None, weight=merged, holes_in_weight=True)
+    expected, got = separate.run(), combined.run()
     assert expected.n_flagged > 500 and got.n_flagged == expected.n_flagged
     np.testing.assert_array_equal(got.mask(), expected.mask())
     np.testing.assert_array_equal(np.isnan(got.blotted), np.isnan(expected.blotted))

@@ -174,7 +174,7 @@ def test_without_a_terminal_a_long_map_logs_its_progress_by_quarters(caplog):
 @pytest.mark.parametrize("fork", [True, False])
 def test_results_in_shared_buffers_come_back_as_handles_not_arrays(monkeypatch, fork):
     from drizzlepipe.algorithms.resample import PartialDrizzle
-    from drizzlepipe.steps._tasks import _InBuffer, _ship, received
+    from drizzlepipe.chipwork import _InBuffer, _ship, received
 
     monkeypatch.setattr(execution, "_FORK", fork)
     with Executor("processes", n_workers=2) as executor:

@@ -16,10 +16,10 @@ from astropy.io import fits
 
 import drizzlepipe.datamodels as dm
 from drizzlepipe.datamodels import ModelLibrary
+from drizzlepipe.datamodels.conversions import detector_variance, electrons_factor
 from drizzlepipe.datamodels.readers.instruments import INSTRUMENTS
 from drizzlepipe.pipelines import DrizzlePipeline
 from drizzlepipe.simulator import simulate
-from drizzlepipe.steps._drizzle_common import detector_variance, electrons_factor
 from fitsfactory import make_hst_flt, make_plain_fits
 from instrument_files import (
     STIS_GAIN_TEST,
@@ -248,7 +248,7 @@ def test_stated_units_with_a_gain_are_dn_and_converted(tmp_path, caplog):
 def test_jwst_variance_includes_var_flat(tmp_path):
     from stdatamodels.jwst import datamodels as jdm
 
-    from drizzlepipe.steps._drizzle_common import chip_variance
+    from drizzlepipe.datamodels.conversions import chip_variance
     from fitsfactory import make_jwst_cal
 
     path = tmp_path / "jw01234001001_01101_00001_nrcb1_cal.fits"

@@ -149,3 +149,50 @@ def test_on_disk_library_saves_only_the_state_of_chips_whose_pixels_are_unchange
         assert model.data[0, 0] == data[0, 0] + 1.0 and model.static_mask[4, 5] == 1
         library.shelve(model, 1, modify=False)
     assert exposures[0].read_bytes() == original
+
+
+def test_in_memory_chips_keep_their_state_and_read_their_pixels_from_the_file(tmp_path, exposures):
+    # the library holds each chip's state (metadata, DQ); the pixels (SCI, ERR) are read
+    # from the file when used, equal to a fresh read, read-only, and let go when the chip is
+    # shelved; an array a step assigns instead stays
+    fresh = dm.open(str(exposures[1]) + "[SCI,2]")
+    library = ModelLibrary([str(p) for p in exposures])
+    library.preload()
+    with library:
+        model = library.borrow(3)
+        assert "data" not in model._instance and "err" not in model._instance
+        assert model.shape == fresh.data.shape  # known without reading the pixels
+        np.testing.assert_array_equal(model.data, fresh.data)  # read on first use
+        np.testing.assert_array_equal(model.err, fresh.err)
+        with pytest.raises(ValueError, match="read-only"):
+            model.data[0, 0] = 1.0
+        model.dq[2, 3] = 8  # the state is the library's own, writable
+        library.shelve(model, 3)
+        model = library.borrow(3)
+        assert "data" not in model._instance and model.dq[2, 3] == 8
+        model.data = model.data + np.float32(1.0)  # assigned: kept, the file no longer read
+        library.shelve(model, 3)
+        model = library.borrow(3)
+        np.testing.assert_array_equal(model.data, fresh.data + np.float32(1.0))
+        np.testing.assert_array_equal(model.err, fresh.err)
+        library.shelve(model, 3, modify=False)
+    with library:
+        model = library.borrow(0)
+        saved = tmp_path / "chip.fits"
+        model.save(str(saved))  # the pixels are read for the file
+        library.shelve(model, 0, modify=False)
+    expected = dm.open(str(exposures[0]) + "[SCI,1]").data
+    np.testing.assert_array_equal(dm.open(str(saved)).data, expected)
+
+
+def test_an_input_changed_during_the_run_is_refused_not_read_again(tmp_path, exposures):
+    from drizzlepipe.exceptions import DrizzlepipeInputError
+
+    library = ModelLibrary([str(p) for p in exposures])
+    library.preload()
+    make_hst_flt(exposures[2], chips=2, rootname="jexp02aq", seed=99)  # rewritten meanwhile
+    with library:
+        model = library.borrow(4)
+        with pytest.raises(DrizzlepipeInputError, match="changed during the run"):
+            model.data  # noqa: B018 - reading the pixels
+        library.shelve(model, 4, modify=False)

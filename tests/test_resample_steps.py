@@ -262,7 +262,7 @@ def test_all_masked_and_nan_chips_are_skipped_with_a_warning(small_simulation, c
         model.dq[:] = 4  # every pixel bad
         library.shelve(model, 0)
         model = library.borrow(1)
-        model.data[:] = np.nan  # nothing usable
+        model.data = np.full(model.shape, np.nan, np.float32)  # nothing usable
         library.shelve(model, 1)
     with caplog.at_level(logging.WARNING):
         final = DrizFinalStep(context=False).run(library)

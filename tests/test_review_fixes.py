@@ -27,7 +27,7 @@ def test_a_sky_already_subtracted_is_restored_before_the_new_one(small_simulatio
         originals = []
         for index, model in enumerate(library):
             originals.append(model.data.copy())
-            model.data -= np.float32(5.0)
+            model.data = model.data - np.float32(5.0)  # the file's pixels are read-only
             model.meta.background.level = 5.0
             model.meta.background.subtracted = True
             library.shelve(model, index)

@@ -4,13 +4,16 @@
 Sizes are in bytes. ``P`` is the number of pixels of one chip, ``O`` of the output grid, ``C``
 the number of chips, ``E`` of exposures and ``W`` the number of workers.
 
-* Chips: ``13 P`` each (SCI and ERR float32, DQ uint32, static mask uint8). In memory all ``C``
-  of them stay resident; on disk (``in_memory=False``) only the ones borrowed at a time, at
-  most ``W``.
+* Chips in memory: their state, ``5 P`` each (DQ uint32, static mask uint8), all ``C``; their
+  pixels (SCI, ERR) are read from the files when used (:mod:`drizzlepipe.datamodels.pixels`),
+  and the sky step holds every chip's data and mask (``5 P``) while it measures. On disk
+  (``in_memory=False``): ``13 P`` (SCI, ERR, DQ, static mask) for the chips borrowed at a time,
+  at most ``W``.
 * Singles (DrizSeparate): ``8 O`` each (SCI, WHT float32). In memory all ``E``; on disk they are
   files and CreateMedian reads row sections of ``bufsize`` MiB from each.
-* Working set of a task on one chip: its pixel map (``16 P``, float64 x, y) and the prepared
-  copies (sky-subtracted data, variance, weight, masks: about ``14 P``), ``30 P`` per worker.
+* Working set of a task on one chip: its pixels (SCI, ERR: ``8 P``), its pixel map
+  (``16 P``, float64 x, y) and the prepared copies (sky-subtracted data, variance, weight,
+  masks: about ``14 P``), ``38 P`` per worker.
 * Outputs, whichever step is largest: BlotCR holds the median, its hole-filled copy, its hole
   map and its weight (``16 O``); DrizFinal holds ``runs`` partial accumulations (default 2),
   each ``8 O`` (SCI, WHT) + ``4 O`` with the error image + ``4 O`` per 32 chips of context,
@@ -103,15 +106,15 @@ def estimate_memory(
     MemoryEstimate
     """
     p, o, w = int(chip_pixels), int(output_pixels), max(int(n_workers), 1)
-    resident_chips = n_chips if in_memory else min(w, n_chips)
+    resident_chips = min(w, n_chips)
     partial = 8 * o + (4 * o if compute_err else 0)
     if context:
         partial += 4 * o * math.ceil(max(n_chips, 1) / 32)
     return MemoryEstimate(
-        chips=13 * p * resident_chips,
+        chips=10 * p * n_chips if in_memory else 13 * p * resident_chips,
         singles=8 * o * n_exposures if in_memory else 0,
         median_sections=0 if in_memory else int(2 * bufsize_mib * _MIB * n_exposures),
-        tasks=30 * p * min(w, n_chips),
+        tasks=38 * p * min(w, n_chips),
         outputs=max(16 * o, partial * min(max(int(final_runs), 1), n_chips)),
         bookkeeping=PER_CHIP_OVERHEAD * n_chips,
     )

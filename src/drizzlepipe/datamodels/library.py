@@ -4,9 +4,13 @@ Accepted inputs: a single file, a Python list (of files or models), a glob patte
 (``'*flt.fits'``), an ``@file`` list (one name per line, ``#`` comments), an association JSON
 in the JWST layout or an HST ``_asn.fits`` table (see :mod:`.association`, which also decides
 exposure identity). Every multi-chip exposure is expanded into one member per SCI extension
-(``file.fits[SCI,n]``), and its chips share a ``group_id``. With ``on_disk=True`` (the
-pipeline's ``in_memory=False``) models are kept as ASDF files in a temporary directory and only
-borrowed ones are in RAM.
+(``file.fits[SCI,n]``), and its chips share a ``group_id``.
+
+In memory (the default) a library of files keeps each chip's state (metadata, WCS, DQ, static
+mask) and reads its pixels (SCI, ERR...) from the file when they are used, read-only
+(:mod:`drizzlepipe.datamodels.pixels`): assign a new array to change them. With
+``on_disk=True`` (the pipeline's ``in_memory=False``) models are kept as ASDF files in a
+temporary directory and only borrowed ones are in RAM. A library of models keeps them whole.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .association import (
 )
 from .models import DrizDataModel, ImageModel
 from .naming import exposure_root
+from .pixels import attach_pixel_source, release_pixels
 from .readers import convert_jwst_model, open_path, split_selector
 from .readers._common import clear_bits
 from .units import electrons_per_unit
@@ -171,7 +176,13 @@ class ModelLibrary(AbstractModelLibrary):
 
     def _datamodels_open(self, filename, **kwargs):
         is_temp_copy = self._on_disk and Path(filename).parent.parent == self._temp_path
-        return _open_chip(filename, is_temp_copy, kwargs, remember_source=self._on_disk)
+        model = _open_chip(filename, is_temp_copy, kwargs, remember_source=self._on_disk)
+        if not self._on_disk:
+            # in memory: the chip's state; its pixels are read from the file when a step uses
+            # them and dropped again when the chip is shelved (drizzlepipe.datamodels.pixels)
+            attach_pixel_source(model, filename, kwargs)
+            release_pixels(model)
+        return model
 
     def preload(self):
         """Read every member not yet in memory (in-memory libraries only; an on-disk library
@@ -256,6 +267,8 @@ class ModelLibrary(AbstractModelLibrary):
         if index is not None and (modify or not self._on_disk):
             # (on disk, an unmodified shelve discards any change: borrow would not show it)
             self._chip_info()[index] = ChipInfo.of(model)
+        if not self._on_disk:
+            release_pixels(model)  # read again from the file when they are used
         model._keep_filename = True
         try:
             source = model.__dict__.get("_drizzlepipe_source")
@@ -306,13 +319,14 @@ class ChipInfo:
     sky_subtracted_by_step: bool = False
     start: float | None = None  # exposure start [MJD]
     end: float | None = None  # exposure end [MJD]
+    readnoise: float = 0.0  # [electrons]
 
     @classmethod
     def of(cls, model):
         meta = model.meta
         return cls(
             wcs=meta.wcs,
-            shape=tuple(model.data.shape),
+            shape=tuple(model.shape),
             pixel_scale=meta.detector.pixel_scale,
             group_id=meta.group_id,
             filename=meta.filename,
@@ -334,6 +348,7 @@ class ChipInfo:
             sky_subtracted_by_step=bool(meta.background.subtracted_by_step),
             start=meta.exposure.start if meta.exposure.hasattr("start") else None,
             end=meta.exposure.end if meta.exposure.hasattr("end") else None,
+            readnoise=float(meta.detector.readnoise or 0.0),
         )
 
 

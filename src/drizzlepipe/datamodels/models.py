@@ -24,6 +24,7 @@ from stdatamodels import DataModel, fits_support
 
 from .. import __version__
 from ._atomic import atomic_target
+from .pixels import load_pixels
 from .product_header import add_product_header
 
 __all__ = ["DrizDataModel", "ImageModel", "ResampledModel"]
@@ -159,6 +160,33 @@ class ImageModel(DrizDataModel):
     """
 
     schema_url = _SCHEMA_PREFIX + "image.schema"
+
+    # A chip of a library may read its input arrays from its file when they are used
+    # (drizzlepipe.datamodels.pixels): the first access of one of them reads them.
+
+    def __getattr__(self, attr):
+        source = self.__dict__.get("_pixel_source")
+        if source is not None and attr in source.names and attr not in self._instance:
+            source.load(self)
+        return super().__getattr__(attr)
+
+    @property
+    def shape(self):
+        """Shape of ``data`` (without reading pixels that are not in memory)."""
+        source = self.__dict__.get("_pixel_source")
+        if source is not None and "data" not in self._instance:
+            return source.shape
+        return super().shape
+
+    def copy(self, memo=None):
+        """A copy holding every array (pixels read from the file first)."""
+        load_pixels(self)
+        return super().copy(memo=memo)
+
+    def on_save(self, path=None):
+        """Read pixels kept in the file before the model is written."""
+        load_pixels(self)
+        super().on_save(path)
 
 
 class ResampledModel(DrizDataModel):

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..algorithms.stats import has_usable_pixel
 from ..datamodels import ModelLibrary, build_association, dqflags
+from ..datamodels.conversions import chip_label
 from ..datamodels.library import is_model_list
 from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor, default_workers
@@ -42,7 +43,7 @@ from ..steps import (
     SkySubStep,
     StaticMaskStep,
 )
-from ..steps._drizzle_common import OutputGridMaker, chip_label
+from ..steps._drizzle_common import OutputGridMaker
 from .base import DrizPipeline
 
 __all__ = ["DrizzlePipeline"]
@@ -66,7 +67,7 @@ class DrizzlePipeline(DrizPipeline):
     class_alias = "drizzle_pipeline"
 
     spec = """
-    in_memory = boolean(default=None)  # Keep chips in memory (False: temporary files, bounded RAM; None: the memory model decides)
+    in_memory = boolean(default=None)  # Keep the chips' state in memory, pixels read from the files when used (False: state in temporary files, least RAM; None: the memory model decides)
     crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final (None: by mission)
     good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final
     save_intermediates = boolean(default=False)  # Save the products of every step

@@ -11,25 +11,24 @@ copies of the exposures in their own layout.
 from __future__ import annotations
 
 import logging
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from ..algorithms.blot import blot_intensity_scale, fill_holes
+from ..algorithms.blot import blot_intensity_scale
+from ..algorithms.blotcr import BlotMedian, ChipScaling, CosmicRayTest
 from ..algorithms.crdetect import parse_pair, summarize_cr_mask
 from ..algorithms.grid import pixel_scale
 from ..algorithms.resample import pixel_area_ratio
+from ..chipwork import check_chips, write_copies_in_workers
 from ..datamodels import ResampledModel, dqflags, open_path
-from ..datamodels.writers import (
-    plan_copies,
-    write_chip_arrays,
-    write_copies,
-    write_exposure_copy,
-)
+from ..datamodels.conversions import chip_label, data_with_sky, electrons_factor
+from ..datamodels.writers import plan_copies, write_chip_arrays, write_copies
 from ..exceptions import DrizzlepipeInputError
-from ._drizzle_common import chip_label, data_with_sky, electrons_factor, exposure_product_root
-from ._tasks import BlotCRJob, CopyJob, blot_and_detect, write_copy
+from ._drizzle_common import exposure_product_root
 from .base import DrizStep
 
 __all__ = ["BlotCRStep"]
@@ -99,57 +98,35 @@ class BlotCRStep(DrizStep):
             The chips with ``crbit`` set in their DQ at the cosmic rays (the flags of an earlier
             run of this step cleared first) and ``meta.cosmic_rays`` filled.
         """
-        snr = parse_pair(self.snr, "snr")
-        scale = parse_pair(self.scale, "scale")
+        test = CosmicRayTest(
+            snr=parse_pair(self.snr, "snr"), scale=parse_pair(self.scale, "scale"),
+            grow=self.grow, ctegrow=self.ctegrow, interp=self.interp, sinscl=self.sinscl,
+            stepsize=self.stepsize,
+        )  # fmt: skip
         median = self._median(median_model)
         median_scale = pixel_scale(median.meta.wcs, median.data.shape)
+        # the singles' total weight behind every median pixel, for the median's own noise
+        weight = median.wht if self.median_noise else None
+        prepared = BlotMedian.prepare(median.data, median.meta.wcs, weight=weight)
         library = self.prepare_library(input_data)
         totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": [], "copies": 0}
+        keep_blots = self.save_blot or self.corr
         with self.execution() as executor, library:
-            filled, holes = fill_holes(median.data)
-            weight = median.wht if self.median_noise and median.wht is not None else None
-            holes_in_weight = holes is not None and weight is not None
-            if holes_in_weight:
-                # one array looked up per chip pixel instead of two (the lookups are cache
-                # misses): the weight, -1 at the holes
-                weight = np.where(holes, np.float32(-1.0), weight).astype(np.float32)
-                holes = None
-            shared_median = (
-                executor.share(filled),
-                executor.share(holes.astype(np.float32)) if holes is not None else None,
-                executor.share(weight) if weight is not None else None,
-                holes_in_weight,
-            )
-            # units of whole files and whole exposures (one exposure each, except STIS files
-            # of several imsets), so that a file's _crf copy is written once, complete
+            # results a set of whole files at a time (one exposure each, except STIS files of
+            # several imsets), so that a file's _crf copy is written once, complete
             units = library.file_groups
             roots = library.copy_roots() if self.save_results or self.corr else {}
-            # Every chip in one map (per-chip tasks keep the workers busy); an on-disk library,
-            # or blots kept for saving, in batches of one unit per worker, so that few chips
-            # (or blots) are in memory at a time.
-            keep_blots = self.save_blot or self.corr
-            few = library.on_disk or keep_blots
-            batch = max(1, executor.n_workers) if few else len(units)
-            for start in range(0, len(units), batch):
-                group = units[start : start + batch]
-                indices = [index for unit in group for index in unit]
-                models = {index: library.borrow(index) for index in indices}
-                try:
-                    jobs = [
-                        self._job(models[i], median, shared_median, median_scale, snr, scale,
-                                  executor)
-                        for i in indices
-                    ]  # fmt: skip
-                    found = executor.map(blot_and_detect, jobs, label="Blot + cosmic rays")
-                    results = dict(zip(indices, found))
-                    del jobs, found
-                    for index in indices:
-                        self._record(models[index], results[index], totals)
-                    self._save_products(group, models, results, executor, roots, totals)
-                finally:
+            checked = check_chips(
+                executor, library, units, prepared,
+                lambda model: (self._scaling(model, median_scale), self._test(model, test),
+                               keep_blots),
+                few=library.on_disk or keep_blots,
+            )  # fmt: skip
+            with closing(checked):  # the chips go back to the library even after a failure
+                for group, models, results in checked:
                     for index, model in models.items():
-                        library.shelve(model, index, modify=True)
-                log.debug("Files %d/%d checked", start + len(group), len(units))
+                        self._record(model, results[index], totals)
+                    self._save_products(group, models, results, executor, roots, totals)
         if self.save_results:
             folder = Path(self.product_path("x", "crf")).parent
             log.info("%d _crf copies in %s", totals["copies"], folder)
@@ -180,10 +157,10 @@ class BlotCRStep(DrizStep):
             raise DrizzlepipeInputError(median_model.meta.filename, "median product has no WCS")
         return median_model
 
-    def _job(self, model, median, shared_median, median_scale, snr, scale, executor):
-        """The blot + detection task of one chip (all unit conversions decided here)."""
-        label = chip_label(model)
-        units = model.meta.units
+    def _test(self, model, test):
+        """The detection of one chip: ``noise='auto'`` is ERR for surface brightness, the
+        detector model otherwise."""
+        label, units = chip_label(model), model.meta.units
         noise = self.noise
         if noise == "auto":
             noise = "err" if units == "surface_brightness" else "detector"
@@ -193,44 +170,26 @@ class BlotCRStep(DrizStep):
             )
         if noise == "err" and model.meta.has_err is False:
             raise DrizzlepipeInputError(label, "noise='err' but the chip has no ERR array")
+        return replace(test, noise=noise)
+
+    def _scaling(self, model, median_scale):
+        """The median in the chip's units (DN stay DN), with the chip's sky to add back (data
+        and blot are compared with the sky in both: it is part of the noise), and the chip's
+        units in electrons (Poisson noise needs counts, not rates or DN)."""
+        units = model.meta.units
         exptime = float(model.meta.exposure.exptime)
         to_electrons = electrons_factor(model)
-        chip_scale = model.meta.detector.pixel_scale or pixel_scale(
-            model.meta.wcs, model.data.shape
-        )
+        chip_scale = model.meta.detector.pixel_scale or pixel_scale(model.meta.wcs, model.shape)
         area = pixel_area_ratio(median_scale, chip_scale, per_pixel=units != "surface_brightness")
         chip_units = "counts" if units == "counts" else "cps"
-        # The blot in the chip's own units (DN stay DN), with the sky added back; data and
-        # blot are compared with the sky in both (it is part of the noise).
         iscale = blot_intensity_scale(exptime=exptime, chip_units=chip_units, pixel_area_ratio=area)
-        sky = float(model.meta.background.level or 0.0)
-        return BlotCRJob(
-            data=executor.share(data_with_sky(model)),
-            err=executor.share(model.err) if noise == "err" else None,
-            wcs=executor.portable(model.meta.wcs),
-            shape=tuple(model.data.shape),
-            label=label,
-            median=shared_median[0],
-            holes=shared_median[1],
-            median_wcs=executor.portable(median.meta.wcs),
+        return ChipScaling(
             blot_iscale=iscale / to_electrons,
-            sky=sky,
-            # Detection in electrons (counts): Poisson noise needs counts, not rates or DN.
+            sky=float(model.meta.background.level or 0.0),
             to_counts=to_electrons * (exptime if chip_units == "cps" else 1.0),
+            exptime=exptime,
             readnoise=float(model.meta.detector.readnoise or 0.0),
             readout_direction=int(model.meta.detector.readout_direction or 0),
-            noise=noise,
-            snr=snr,
-            scale=scale,
-            grow=self.grow,
-            ctegrow=self.ctegrow,
-            interp=self.interp,
-            sinscl=self.sinscl,
-            stepsize=self.stepsize,
-            keep_blot=self.save_blot or self.corr,
-            median_weight=shared_median[2],
-            holes_in_weight=shared_median[3],
-            exptime=exptime,
         )
 
     def _record(self, model, result, totals):
@@ -242,7 +201,7 @@ class BlotCRStep(DrizStep):
             log.warning("%s: %s", label, message)
         clear_own_flags(model)
         totals["chips"] += 1
-        totals["pixels"] += model.data.size
+        totals["pixels"] += int(np.prod(model.shape))
         if result.packed_mask is None:
             totals["unflagged"].append(label)
             return
@@ -268,8 +227,7 @@ class BlotCRStep(DrizStep):
             )  # fmt: skip
 
     def _save_products(self, units, models, results, executor, roots, totals):
-        """Write the products asked for: per file the ``_crf`` (as tasks, in parallel in
-        worker processes, which inherit the flagged models) and ``_crclean`` copies, per
+        """Write the products asked for: per file the ``_crf`` and ``_crclean`` copies, per
         exposure the ``_blot`` and ``_crmask`` files."""
         if self.save_results:
             writes = []
@@ -278,15 +236,8 @@ class BlotCRStep(DrizStep):
                 for positions, path in plan_copies(
                     chips, lambda source: self.product_path(roots[source], "crf")
                 ):
-                    writes.append(([unit[k] for k in positions], str(path)))
-            if executor.shares_objects:
-                refs = {i: executor.share_object(models[i]) for unit in units for i in unit}
-                jobs = [CopyJob([refs[i] for i in chosen], path) for chosen, path in writes]
-                executor.map(write_copy, jobs, label="Writing _crf copies")
-                del refs, jobs
-            else:
-                for chosen, path in writes:
-                    write_exposure_copy([models[i] for i in chosen], path)
+                    writes.append(([chips[k] for k in positions], str(path)))
+            write_copies_in_workers(executor, writes)
             for _, path in writes:
                 log.debug("Wrote %s", path)
             totals["copies"] += len(writes)

@@ -7,22 +7,21 @@ import logging
 
 import numpy as np
 
-from ..algorithms.resample import DrizzleAccumulator, ResampleInputError, merge_accumulators
+from ..algorithms.resample import ResampleInputError
+from ..chipwork import DrizzleSettings, drizzle_all
 from ..datamodels import ResampledModel
+from ..datamodels.conversions import chip_label
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
-    ChipSources,
     OutputGridMaker,
     apply_carried,
     carried_metadata,
-    chip_label,
     drizzled_bunit,
     input_member,
     mask_description,
     parse_fillval,
 )
-from ._tasks import DrizzleJob, drizzle_chips, output_buffers, received
 from .base import DrizStep
 
 __all__ = ["DrizFinalStep"]
@@ -80,85 +79,34 @@ class DrizFinalStep(DrizStep):
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
             self.weight_type,
         )  # fmt: skip
-        # The chips in `runs` contiguous runs of library order, one partial accumulation each,
-        # merged in that order. The product's last bits depend on `runs` only, never on the
-        # scheduler or the machine; drizzle's kernel holds the GIL, so only worker processes
-        # (or a cluster) drizzle the runs at the same time. Each run holds a set of output
-        # arrays: runs=1 for the least memory.
+        settings = DrizzleSettings(
+            kernel=self.kernel, pixfrac=self.pixfrac, fillval=parse_fillval(self.fillval),
+            stepsize=self.stepsize, good_bits=self.good_bits, weight_type=self.weight_type,
+            crbit=self.crbit or "auto", context=self.context, compute_err=self.compute_err,
+        )  # fmt: skip
         with self.execution() as executor, library:
-            runs = np.array_split(np.arange(len(library)), min(self.runs, len(library)))
-            options = {"good_bits": self.good_bits, "with_variance": self.compute_err,
-                       "weight_type": self.weight_type, "crbit": self.crbit or "auto"}  # fmt: skip
-            with ChipSources(library, executor) as sources:
-                jobs = []
-                for run in runs:
-                    chips = [
-                        sources.chip(int(i), grid.pixel_scale, context_id=int(i), **options)
-                        for i in run
-                    ]
-                    job = self._job(chips, executor.portable(grid.wcs), grid.shape, len(library))
-                    job.first_context_id = int(run[0])
-                    job.out = output_buffers(
-                        executor, grid.shape, err=self.compute_err, context=self.context,
-                        n_inputs=len(library),
-                    )  # fmt: skip
-                    jobs.append(job)
-                log.info(
-                    "Final drizzle: %d chips in %d run(s) on %d worker(s) (%s)",
-                    len(library), len(jobs), executor.n_workers, executor.scheduler,
-                )  # fmt: skip
-                results = executor.map(drizzle_chips, jobs, label="Final drizzle")
-                # while the jobs hold the buffers' handles
-                for result in results:
-                    result.partial = received(result.partial)
-                del jobs
+            drizzled = drizzle_all(executor, library, grid, settings, runs=self.runs)
             reference = library.borrow(0)
             library.shelve(reference, 0, modify=False)
             infos = [library.chip_info(index) for index in range(len(library))]
-        labels, groups, exposures, added, skipped = [], [], {}, set(), []
-        for result in results:
-            for label, group, times in result.chips:
-                labels.append(label)
-                groups.append(group)
-                exposures.setdefault(group, times)
-            added.update(result.added)
-            skipped.extend(result.skipped)
-        for reason in skipped:
+        for reason in drizzled.skipped:
             log.warning("%s: skipped", reason)
-        fillval = parse_fillval(self.fillval)
-        partials = [
-            DrizzleAccumulator.from_partial(part, kernel=self.kernel, fillval=fillval)
-            for part in (result.partial for result in results)
-            if part is not None
-        ]
-        if not partials:
+        if drizzled.product is None:
             raise ResampleInputError(None, "no chip could be drizzled onto the output grid")
-        product = merge_accumulators(partials).finalize()
-        contributing = {group for label, group in zip(labels, groups) if label in added}
+        product, added = drizzled.product, drizzled.added
+        labels = [label for label, _, _ in drizzled.chips]
+        exposures = {}
+        for _, group, times in drizzled.chips:
+            exposures.setdefault(group, times)
+        contributing = {group for label, group, _ in drizzled.chips if label in added}
         exposures = {g: times for g, times in exposures.items() if g in contributing}
         # context-bit order: bit i is chip i of the library
         mask = mask_description(self.good_bits, crbit=self.crbit or "auto")
-        drizzled = [info for info in infos if chip_label(info) in added]
-        members = [input_member(info, mask) for info in drizzled]
-        detectors = {info.detector for info in drizzled}
+        used = [info for info in infos if chip_label(info) in added]
+        members = [input_member(info, mask) for info in used]
+        detectors = {info.detector for info in used}
         return self._product(
             product, grid, labels, members, exposures, reference, library, detectors
-        )
-
-    def _job(self, chips, grid_wcs, grid_shape, n_inputs):
-        return DrizzleJob(
-            chips=chips,
-            grid_wcs=grid_wcs,
-            grid_shape=grid_shape,
-            kernel=self.kernel,
-            pixfrac=self.pixfrac,
-            fillval=parse_fillval(self.fillval),
-            stepsize=self.stepsize,
-            weight_type=self.weight_type,
-            enable_context=self.context,
-            enable_err=self.compute_err,
-            n_inputs=n_inputs,
-            finalize=False,
         )
 
     def _product(self, product, grid, inputs, members, exposures, reference, library,

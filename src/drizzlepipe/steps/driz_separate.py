@@ -4,30 +4,27 @@ product per exposure, as AstroDrizzle's driz_separate; the singles feed CreateMe
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 
 from ..algorithms.resample import ResampleInputError
+from ..chipwork import DrizzleSettings, drizzle_exposures
 from ..datamodels import ResampledModel
-from ..datamodels.library import ChipInfo
+from ..datamodels.conversions import chip_iscale, chip_label
 from ._drizzle_common import (
     DRIZZLE_KERNELS,
     GRID_SPEC,
-    ChipSources,
     OutputGridMaker,
     apply_carried,
     carried_metadata,
-    chip_iscale,
-    chip_label,
     drizzled_bunit,
-    electrons_factor,
     exposure_product_root,
     input_member,
     mask_description,
     parse_fillval,
 )
-from ._tasks import DrizzleJob, drizzle_chips, output_buffers, received
 from .base import DrizStep
 
 __all__ = ["DrizSeparateStep"]
@@ -78,6 +75,10 @@ class DrizSeparateStep(DrizStep):
             "Output grid %d x %d at %.5f arcsec/pixel, kernel %s, pixfrac %g",
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
         )  # fmt: skip
+        settings = DrizzleSettings(
+            kernel=self.kernel, pixfrac=self.pixfrac, fillval=parse_fillval(self.fillval),
+            stepsize=self.stepsize, good_bits=self.good_bits,
+        )  # fmt: skip
         groups = list(library.group_indices.values())
         # On disk (in_memory=False) the singles go to files that CreateMedian reads by row
         # sections, so memory holds only the exposures being drizzled, not all the singles.
@@ -85,27 +86,13 @@ class DrizSeparateStep(DrizStep):
         save, spill = self._saves(library)
         singles = []
         with self.execution() as executor, library:
-            # Singles saved to files (on disk, or save_results): exposures in batches of one
-            # per worker, at most that many singles in memory at a time. Otherwise all singles
-            # stay in memory anyway (their arrays are the workers' output buffers), so one map
-            # over all: one pool, no wait between batches.
-            kept = not (library.on_disk or save)
-            batch = len(groups) if kept else max(1, executor.n_workers)
-            for start in range(0, len(groups), batch):
-                jobs, metadata = [], []
-                with ChipSources(library, executor) as sources:
-                    for indices in groups[start : start + batch]:
-                        job, meta = self._exposure_job(library, sources, indices, grid, executor)
-                        job.out = output_buffers(executor, grid.shape)
-                        jobs.append(job)
-                        metadata.append(meta)
-                    results = executor.map(drizzle_chips, jobs, label="Single drizzle")
-                    # while the jobs hold the buffers' handles
-                    for result in results:
-                        result.product = received(result.product)
-                del jobs
-                for result, meta in zip(results, metadata):
-                    single = self._finish(result, meta, grid, len(singles) + 1, len(groups))
+            exposures = [self._exposure(library, indices, grid) for indices in groups]
+            drizzled = drizzle_exposures(
+                executor, library, groups, grid, settings, keep=not (library.on_disk or save)
+            )
+            with closing(drizzled):  # the chips go back to the library even after a failure
+                for number, (exposure, result) in enumerate(zip(exposures, drizzled), start=1):
+                    single = self._finish(result, exposure, grid, number, len(groups))
                     if single is None:
                         continue
                     root = exposure_product_root(single.meta.group_id)
@@ -126,72 +113,57 @@ class DrizSeparateStep(DrizStep):
         spill = Path(scratch) if library.on_disk and scratch and not self.save_results else None
         return self.save_results or (library.on_disk and spill is None), spill
 
-    def _finish(self, result, meta, grid, number, total):
+    def _finish(self, result, exposure, grid, number, total):
         """The single of one drizzled exposure, or None (with a warning) when it has no data."""
         for reason in result.skipped:
             log.warning("%s: skipped", reason)
         if result.product is None:
             why = "none of its chips could be drizzled" if result.skipped else "no overlap"
-            log.warning("Exposure %s: %s, no single", meta[0], why)
+            log.warning("Exposure %s: %s, no single", exposure["group_id"], why)
             return None
-        single = self._single(result, meta, grid)
+        single = self._single(result, exposure, grid)
         log.debug("Single %d/%d: %s", number, total, single.meta.filename)
         return single
 
-    def _exposure_job(self, library, sources, indices, grid, executor):
-        """The drizzle job of one exposure and the metadata its single needs."""
-        chips, readnoise2, skies, first, members = [], [], [], None, []
+    def _exposure(self, library, indices, grid):
+        """What the single of one exposure carries: its first chip's metadata, the input
+        table, and minmed's noise model (rms read noise over the chips in electrons, as
+        AstroDrizzle, and the minimum sky over the chips in electrons per *output* pixel;
+        AstroDrizzle uses the sky per input pixel, a units quirk)."""
+        infos = [library.chip_info(index) for index in indices]
         mask = mask_description(self.good_bits)
-        for index in indices:
-            model = library.borrow(index)
-            try:
-                members.append((chip_label(model), input_member(ChipInfo.of(model), mask)))
-                chips.append(
-                    sources.chip(index, grid.pixel_scale, model=model, good_bits=self.good_bits)
-                )
-                factor = electrons_factor(model)
-                readnoise2.append(float(model.meta.detector.readnoise or 0.0) ** 2)
-                # electrons per output pixel: an input pixel's sky times the area ratio
-                sky = float(model.meta.background.level or 0.0) * factor
-                sky *= chip_iscale(model, grid.pixel_scale)
-                if model.meta.units == "countrate":
-                    sky *= float(model.meta.exposure.exptime)
-                skies.append(sky)
-                first = first or _single_metadata(model, grid.pixel_scale)
-                first["detectors"].add(model.meta.instrument.detector)
-            finally:
-                library.shelve(model, index, modify=False)
-        job = DrizzleJob(
-            chips=chips,
-            grid_wcs=executor.portable(grid.wcs),
-            grid_shape=grid.shape,
-            kernel=self.kernel,
-            pixfrac=self.pixfrac,
-            fillval=parse_fillval(self.fillval),
-            stepsize=self.stepsize,
-        )
-        # minmed's noise model needs these per exposure: rms read noise over the chips
-        # (electrons, as AstroDrizzle) and the minimum sky over the chips in electrons per
-        # *output* pixel (AstroDrizzle uses the sky per input pixel, a units quirk).
-        readnoise = float(np.sqrt(np.mean(readnoise2)))
-        meta = (first["group_id"], first, readnoise, float(min(skies)), members)
-        return job, meta
+        skies = []
+        for info in infos:
+            # electrons per output pixel: an input pixel's sky times the area ratio
+            sky = float(info.sky or 0.0) * info.to_electrons * chip_iscale(info, grid.pixel_scale)
+            if info.units == "countrate":
+                sky *= float(info.exptime)
+            skies.append(sky)
+        first = library.borrow(indices[0])
+        try:
+            exposure = _single_metadata(first, grid.pixel_scale)
+        finally:
+            library.shelve(first, indices[0], modify=False)
+        exposure["detectors"] = {info.detector for info in infos}
+        exposure["members"] = [(chip_label(info), input_member(info, mask)) for info in infos]
+        exposure["readnoise"] = float(np.sqrt(np.mean([info.readnoise**2 for info in infos])))
+        exposure["sky"] = float(min(skies))
+        return exposure
 
-    def _single(self, result, meta, grid):
-        _, first, readnoise, sky, members = meta
+    def _single(self, result, exposure, grid):
         product = result.product
         single = ResampledModel(data=product.data, wht=product.wht)
-        apply_carried(single.meta, first["carried"], first["detectors"])
+        apply_carried(single.meta, exposure["carried"], exposure["detectors"])
         single.meta.wcs = grid.wcs
         single.meta.product_type = "single"
-        single.meta.rootname = exposure_product_root(first["group_id"])
+        single.meta.rootname = exposure_product_root(exposure["group_id"])
         single.meta.filename = f"{single.meta.rootname}_single.fits"
-        single.meta.group_id = first["group_id"]
-        single.meta.exposure.exptime = first["exptime"]
-        single.meta.bunit = first["bunit"]
-        single.meta.units = "countrate" if first["per_pixel"] else "surface_brightness"
-        if first["telescope"]:
-            single.meta.telescope = first["telescope"]
+        single.meta.group_id = exposure["group_id"]
+        single.meta.exposure.exptime = exposure["exptime"]
+        single.meta.bunit = exposure["bunit"]
+        single.meta.units = "countrate" if exposure["per_pixel"] else "surface_brightness"
+        if exposure["telescope"]:
+            single.meta.telescope = exposure["telescope"]
         resample = single.meta.resample
         resample.kernel = self.kernel
         resample.pixfrac = self.pixfrac
@@ -200,10 +172,10 @@ class DrizSeparateStep(DrizStep):
         resample.ndrizim = len(result.added)
         resample.inputs = list(result.added)
         added = set(result.added)
-        resample.members = [member for label, member in members if label in added]
-        resample.texptime = first["exptime"]
-        resample.readnoise = readnoise
-        resample.sky = sky
+        resample.members = [member for label, member in exposure["members"] if label in added]
+        resample.texptime = exposure["exptime"]
+        resample.readnoise = exposure["readnoise"]
+        resample.sky = exposure["sky"]
         self.record_step_status(single)
         return single
 
@@ -212,7 +184,6 @@ def _single_metadata(model, output_scale):
     return {
         # taken now: the chip is shelved (on disk: closed) when the single is made
         "carried": carried_metadata(model, output_scale),
-        "detectors": set(),  # of all the exposure's chips
         "filename": model.meta.filename,
         "group_id": model.meta.group_id,
         "exptime": float(model.meta.exposure.exptime),

@@ -19,12 +19,12 @@ from astropy.io import fits
 
 from ..algorithms.grid import pixel_scale
 from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky, sky_spread
+from ..datamodels.conversions import bad_pixels, chip_label, data_with_sky
 from ..datamodels.library import ChipInfo
 from ..datamodels.readers import source_chip
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
 from ..exceptions import DrizzlepipeInputError
-from ._drizzle_common import bad_pixels, chip_label, data_with_sky
 from .base import DrizStep
 
 __all__ = ["SkySubStep"]
@@ -145,9 +145,9 @@ class SkySubStep(DrizStep):
             position = int(model.meta.chip or 1) - 1
             mask_file = extra[min(position, len(extra) - 1)]
             user = np.asarray(fits.getdata(mask_file))
-            if user.shape != model.data.shape:
+            if user.shape != model.shape:
                 raise DrizzlepipeInputError(
-                    mask_file, f"mask shape {user.shape} differs from {model.data.shape}"
+                    mask_file, f"mask shape {user.shape} differs from {model.shape}"
                 )
             mask |= user == 0
         return data_with_sky(model), mask
@@ -178,7 +178,7 @@ class SkySubStep(DrizStep):
                     background.level = original.meta.background.level
                     background.subtracted = original.meta.background.subtracted
                 else:
-                    model.data += np.float32(background.level or 0.0)
+                    model.data = model.data + np.float32(background.level or 0.0)
                     background.subtracted = False
                 background.subtracted_by_step = False
                 library.shelve(model, index, modify=True)
@@ -189,9 +189,10 @@ class SkySubStep(DrizStep):
             # data whose sky was subtracted before drizzlepipe read them get it back first:
             # the new level replaces the old one (else the drizzle steps would subtract a sky
             # a second time)
-            model.data += np.float32(model.meta.background.level or 0.0)
+            model.data = model.data + np.float32(model.meta.background.level or 0.0)
         if self.subtract:
-            model.data -= np.float32(level)
+            # a new array: the input's pixels are read-only (drizzlepipe.datamodels.pixels)
+            model.data = model.data - np.float32(level)
         model.meta.background.level = level
         model.meta.background.subtracted = bool(self.subtract)
         model.meta.background.subtracted_by_step = bool(self.subtract)

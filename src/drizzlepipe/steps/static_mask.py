@@ -14,8 +14,8 @@ import numpy as np
 from astropy.io import fits
 
 from ..algorithms.staticmask import build_static_masks
+from ..datamodels.conversions import chip_label
 from ..datamodels.writers import write_fits_atomic
-from ._drizzle_common import chip_label
 from .base import DrizStep
 
 __all__ = ["StaticMaskStep"]
@@ -30,7 +30,7 @@ def chip_position(model):
         str(meta.instrument.name or ""),
         str(meta.instrument.detector or ""),
         int(meta.chip or 1),
-        tuple(model.data.shape),
+        tuple(model.shape),
     )
 
 

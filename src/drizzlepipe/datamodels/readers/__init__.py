@@ -34,7 +34,14 @@ from ._common import (
     split_selector,
 )
 from .generic import read_plain_fits, science_hdu
-from .hst import companion_dq_file, hst_group_id, is_hst, read_hst_file, sci_extvers
+from .hst import (
+    companion_dq_file,
+    hst_group_id,
+    is_hst,
+    read_hst_file,
+    read_hst_pixels,
+    sci_extvers,
+)
 from .instruments import generic_detector, hst_detector, is_stis_imset_file
 from .jwst import convert_jwst_model, group_id_from_header, is_jwst, read_jwst_image
 
@@ -45,6 +52,7 @@ __all__ = [
     "is_asn_table",
     "product_model_type",
     "source_chip",
+    "read_pixel_arrays",
     "split_selector",
     "chip_member_name",
     "convert_jwst_model",
@@ -151,6 +159,26 @@ def open_path(name, *, units=None, exptime=None, gain=None, readnoise=None, rese
     if jwst:
         return read_jwst_image(path, **options)
     return read_hst_file(path, selector, **options)
+
+
+def read_pixel_arrays(name, names, options):
+    """The input arrays ``names`` (``data``, ``err``, ``time``, ``var_*``) of one chip, read
+    again from its file exactly as :func:`open_path` read them with reader ``options``.
+
+    HST chips are read directly (their SCI, ERR and TIME extensions); other files are opened
+    again as a whole (:func:`open_path`) and their arrays taken.
+    """
+    path, selector = split_selector(name)
+    if selector is not None and selector[0] == "SCI" and file_kind(path) != "asdf":
+        with open_fits(path) as hdulist:
+            with reading(path):
+                primary = hdulist[0].header
+                hst = not is_jwst(primary) and (is_hst(primary) or bool(sci_extvers(hdulist)))
+            if hst:
+                pixels = read_hst_pixels(hdulist, path, selector[1])
+                return {key: pixels[key] for key in names}
+    chip = open_path(name, **options)
+    return {key: chip._instance[key] for key in names}
 
 
 def product_model_type(name):

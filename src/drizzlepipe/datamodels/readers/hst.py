@@ -128,14 +128,10 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     primary = hdulist[0].header
     # STIS keeps EXPTIME/EXPSTART of each imset in its SCI header: the SCI header comes first
     headers = (sci.header, primary)
-    with reading(path, ext):
-        data = image_array(sci, path, ext, np.float32)
+    pixels = read_hst_pixels(hdulist, path, extver)
+    data, err, time_map = pixels["data"], pixels["err"], pixels.get("time")
     shape = data.shape
-    err, has_err = np.zeros(shape, np.float32), False
-    if ("ERR", extver) in hdulist:
-        with reading(path, f"ERR,{extver}"):
-            err = image_array(hdulist["ERR", extver], path, f"ERR,{extver}", np.float32, shape)
-        has_err = True
+    has_err = ("ERR", extver) in hdulist
     dq_path = companion_dq_file(path, primary)
     if dq_path is not None and dq_path.is_file():
         dq = _companion_dq(dq_path, extver, path, shape)
@@ -145,12 +141,6 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     else:
         dq = np.zeros(shape, np.uint32)
     clear_bits(dq, resetbits)
-    time_map = None
-    if ("TIME", extver) in hdulist:
-        with reading(path, f"TIME,{extver}"):
-            time_map = image_array(
-                hdulist["TIME", extver], path, f"TIME,{extver}", np.float32, shape
-            )
 
     wcs = celestial_wcs(sci.header, path, ext, hdulist)
     wcs.pixel_shape = (shape[1], shape[0])
@@ -204,6 +194,27 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     meta.source.format = "hst"
     meta.source.extension = ext
     return model
+
+
+def read_hst_pixels(hdulist, path, extver):
+    """The input arrays of one chip: ``data`` (SCI), ``err`` (ERR, zeros when the file has
+    none) and, where the file has it, ``time`` (WFC3/IR and NICMOS TIME), as float32."""
+    ext = f"SCI,{extver}"
+    try:
+        sci = hdulist["SCI", extver]
+    except KeyError:
+        raise DrizzlepipeInputError(path, "no such extension", ext) from None
+    with reading(path, ext):
+        data = image_array(sci, path, ext, np.float32)
+    pixels = {"data": data, "err": np.zeros(data.shape, np.float32)}
+    for name in ("ERR", "TIME"):
+        if (name, extver) in hdulist:
+            extension = f"{name},{extver}"
+            with reading(path, extension):
+                pixels[name.lower()] = image_array(
+                    hdulist[name, extver], path, extension, np.float32, data.shape
+                )
+    return pixels
 
 
 def _filter_name(primary):

@@ -1,0 +1,143 @@
+"""Pixels read from the input file when they are used, not kept between steps.
+
+A library of files keeps every chip's *state* in memory (metadata, WCS, DQ, static mask, the
+cosmic rays found), which the steps change, and reads the chip's *input arrays* (``data``,
+``err``, ``time``, ``var_*``), which no step changes, from its file when a step uses them:
+:func:`attach_pixel_source` records where they come from, the first access of ``model.data``
+(or another of them) reads them all (:meth:`PixelSource.load`), and :func:`release_pixels`
+drops them again (the library does so when the chip is shelved). The memory of a library is
+then its state, about a third of the pixels, and a step holds the pixels only of the chips it
+is working on. Reading again costs a read from the operating system's file cache (the inputs
+are read in every step, as AstroDrizzle reads them).
+
+Arrays read this way are **read-only**: no step changes input pixels in place. To change them,
+assign a new array (``model.data = model.data - sky``); the chip then keeps that array in
+memory, and its file is no longer read for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..exceptions import DrizzlepipeInputError
+
+__all__ = ["PIXEL_ARRAYS", "PixelSource", "attach_pixel_source", "release_pixels", "load_pixels"]
+
+#: The arrays of a chip that come from its file unchanged (the steps change only metadata, DQ
+#: and the static mask).
+PIXEL_ARRAYS = ("data", "err", "time", "var_rnoise", "var_poisson", "var_flat")
+
+
+@dataclass
+class PixelSource:
+    """Where the input arrays of a chip come from.
+
+    Attributes
+    ----------
+    name : str
+        The file with its chip selector (``path_flt.fits[SCI,1]``), as the library opened it.
+    options : dict
+        The reader options it was opened with (units, exposure time, gain...).
+    names : tuple of str
+        The arrays this source provides: those the chip had when it was read.
+    shape : tuple of int
+        The shape of the chip's ``data`` (known without reading it).
+    stamp : tuple
+        Size and modification time of the file when it was first read: a file changed during
+        the run is refused, not read again.
+    loaded : dict
+        The arrays this source put into the model and that are still the model's.
+    """
+
+    name: str
+    options: dict
+    names: tuple
+    shape: tuple
+    stamp: tuple
+    loaded: dict = field(default_factory=dict)
+
+    def read(self):
+        """The source arrays, read from the file as the reader made them, read-only.
+
+        Raises
+        ------
+        DrizzlepipeInputError
+            When the file changed since it was first read, or cannot be read.
+        """
+        from .readers import read_pixel_arrays
+
+        if _stamp(self.name) != self.stamp:
+            raise DrizzlepipeInputError(
+                self.name, "the input file changed during the run (its pixels are read again "
+                "by every step): run again on files that stay unchanged",
+            )  # fmt: skip
+        arrays = read_pixel_arrays(self.name, self.names, self.options)
+        for array in arrays.values():
+            array.flags.writeable = False
+        return arrays
+
+    def load(self, model):
+        """Put the arrays that the model does not hold into it (read from the file)."""
+        missing = [name for name in self.names if name not in model._instance]
+        if not missing:
+            return
+        for name, array in self.read().items():
+            if name in missing:
+                model._instance[name] = array
+                self.loaded[name] = array
+
+    def release(self, model):
+        """Drop the arrays this source loaded and the model still holds unchanged; an array
+        the model was given instead (``model.data = ...``) stays, and is no longer the
+        file's to provide."""
+        for name in list(self.loaded):
+            array = self.loaded.pop(name)
+            if model._instance.get(name) is array:
+                del model._instance[name]
+            else:
+                self.names = tuple(other for other in self.names if other != name)
+
+
+def attach_pixel_source(model, name, options):
+    """Make the input arrays of ``model`` (read from ``name`` with reader ``options``) come from
+    the file from now on: they become read-only and are dropped by :func:`release_pixels`."""
+    names = tuple(n for n in PIXEL_ARRAYS if isinstance(model._instance.get(n), np.ndarray))
+    shape = tuple(model._instance["data"].shape)
+    source = PixelSource(str(name), dict(options), names, shape, _stamp(name))
+    for array_name in names:
+        array = model._instance[array_name]
+        array.flags.writeable = False
+        source.loaded[array_name] = array
+    model.__dict__["_pixel_source"] = source
+    return source
+
+
+def load_pixels(model):
+    """Read the input arrays of ``model`` from its file if they are not in memory (a no-op for a
+    model without a pixel source)."""
+    source = model.__dict__.get("_pixel_source")
+    if source is not None:
+        source.load(model)
+
+
+def release_pixels(model):
+    """Drop the input arrays of ``model`` that its file provides (a no-op for a model without a
+    pixel source, whose arrays are its only copy)."""
+    source = model.__dict__.get("_pixel_source")
+    if source is not None:
+        source.release(model)
+
+
+def _stamp(name):
+    """Size and modification time (ns) of the file of ``name`` (a chip selector removed)."""
+    from .readers import split_selector
+
+    path = split_selector(name)[0]
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        raise DrizzlepipeInputError(path, f"input file cannot be read ({error.strerror})") from None
+    return status.st_size, status.st_mtime_ns
