@@ -13,6 +13,7 @@ from drizzlepipe.algorithms.pixmap import (
     compute_pixmap,
     pixmap_extent,
     pixmap_input_pixel_size,
+    pixmap_outline_extent,
 )
 from hrcwcs import HRC_SHAPE, hrc_wcs
 
@@ -189,3 +190,17 @@ def test_bands_of_rows_agree_with_the_whole_map(stepsize):
         np.testing.assert_allclose(band, whole[first:last], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="within the chip"):
         rows.rows(0, HRC_SHAPE[0] + 1)
+
+
+@pytest.mark.parametrize("stepsize", [1, 10])
+def test_border_of_the_map_from_its_outer_rows_and_columns(stepsize):
+    # DrizzleAccumulator decides from these whether a chip can be drizzled in bands, before
+    # any band is evaluated: they must be those of the whole map.
+    chip = hrc_wcs()
+    grid = tan_wcs(crval=(chip.wcs.crval[0], chip.wcs.crval[1]), crpix=(700.0, 700.0))
+    whole = compute_pixmap(chip, HRC_SHAPE, grid, stepsize=stepsize)
+    rows = PixmapRows(chip, HRC_SHAPE, grid, stepsize=stepsize)
+    np.testing.assert_allclose(rows.columns([0, 5, 1023]), whole[:, [0, 5, 1023]], atol=1e-10)
+    np.testing.assert_allclose(rows.outline_extent(), pixmap_outline_extent(whole), atol=1e-10)
+    assert rows.input_pixel_size() == pytest.approx(pixmap_input_pixel_size(whole), abs=1e-12)
+    assert PixmapRows(chip, (1, 40), grid).outline_extent() is None  # one row: no outline

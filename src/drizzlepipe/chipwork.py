@@ -29,7 +29,7 @@ import numpy as np
 
 from .algorithms.blotcr import BlotMedian, ChipScaling, CosmicRayTest, blot_and_detect
 from .algorithms.grid import pixel_scale
-from .algorithms.pixmap import compute_pixmap
+from .algorithms.pixmap import PixmapRows
 from .algorithms.resample import (
     CONTEXT_PLANE_BITS,
     DrizzleAccumulator,
@@ -408,7 +408,7 @@ def add_chip(accumulator, job, chip, result):
     data, bad_mask = chip.data.get(), chip.bad_mask.get()
     variance = chip.variance.get() if chip.variance is not None else None
     try:
-        pixmap = compute_pixmap(chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize)
+        pixmap = PixmapRows(chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize)
         accumulator.add_chip(
             data,
             pixmap,

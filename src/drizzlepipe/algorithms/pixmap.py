@@ -159,6 +159,14 @@ class _RowSpline:
         self._weights = design_y.data.reshape(ny, taps)
         self._first = indices[:, 0]
 
+    def columns(self, cols) -> np.ndarray:
+        """The spline at every row of columns ``cols``: ``(ny, len(cols))``."""
+        if self._design_y is not None:
+            return self._design_y @ self._rows_t[:, cols]
+        taps = np.arange(_SPLINE_ORDER + 1)
+        nodes = self._rows_t[:, cols][self._first[:, None] + taps]  # (ny, taps, len(cols))
+        return np.einsum("jk,jkc->jc", self._weights, nodes)
+
     def fill(self, first: int, last: int, out) -> None:
         """Evaluate rows ``first .. last - 1`` into ``out`` (``(last - first, nx)``)."""
         if self._design_y is not None:
@@ -240,6 +248,37 @@ class PixmapRows:
                 spline.fill(first, last, out[..., axis])
         return out
 
+    def columns(self, cols) -> np.ndarray:
+        """The map of chip columns ``cols`` (a sequence of indices), every row: float64
+        ``(ny, len(cols), 2)``; the same values as :meth:`rows` gives there, to rounding."""
+        ny, _ = self.shape
+        cols = np.asarray(cols, dtype=np.intp)
+        if self._splines is not None:
+            return np.stack([spline.columns(cols) for spline in self._splines], axis=-1)
+        y, x = np.meshgrid(np.arange(ny, dtype=np.float64), cols.astype(np.float64), indexing="ij")
+        return np.stack(_map_points(self._in_wcs, self._out_wcs, x, y), axis=-1)
+
+    def outline_extent(self) -> tuple[float, float, float, float] | None:
+        """:func:`pixmap_outline_extent` of the whole map, from its two outer rows and columns
+        on each side only; None when the chip is under 2 pixels on a side or its border has no
+        position (then evaluate the whole map)."""
+        ny, nx = self.shape
+        if ny < 2 or nx < 2:
+            return None
+        sides = np.concatenate([self.rows(0, 2), self.rows(ny - 2, ny)])
+        ends = self.columns([0, 1, nx - 2, nx - 1])
+        if not (np.all(np.isfinite(sides)) and np.all(np.isfinite(ends))):
+            return None
+        return _outline_of_border(
+            (sides[0], sides[1]), (sides[3], sides[2]), (ends[:, 0], ends[:, 1]),
+            (ends[:, 3], ends[:, 2]),
+        )  # fmt: skip
+
+    def input_pixel_size(self) -> float:
+        """:func:`pixmap_input_pixel_size` of the whole map, from the rows it samples."""
+        ny, _ = self.shape
+        return _pixel_size_at(lambda j: self.rows(j, min(j + 2, ny)), self.shape)
+
 
 def compute_pixmap(in_wcs, in_shape, out_wcs, stepsize: int = 1) -> np.ndarray:
     """Map every pixel centre of a chip onto another pixel grid.
@@ -318,14 +357,21 @@ def pixmap_input_pixel_size(pixmap) -> float:
         sampled at the four corners and the centre of the chip (the map is smooth, so these
         bound the size well). 1.0 when it cannot be measured (a 1-pixel chip or NaN positions).
     """
-    ny, nx = pixmap.shape[:2]
+    return _pixel_size_at(lambda j: pixmap[j : j + 2], pixmap.shape[:2])
+
+
+def _pixel_size_at(row_pair, shape) -> float:
+    """The sampling of :func:`pixmap_input_pixel_size`; ``row_pair(j)``: map rows ``j, j+1``
+    (or only ``j`` on the last row)."""
+    ny, nx = shape
     sizes = []
     for j in {0, ny // 2, max(ny - 2, 0)}:
+        pair = row_pair(j)
         for i in {0, nx // 2, max(nx - 2, 0)}:
             if i + 1 < nx:
-                sizes.append(math.dist(pixmap[j, i], pixmap[j, i + 1]))
+                sizes.append(math.dist(pair[0, i], pair[0, i + 1]))
             if j + 1 < ny:
-                sizes.append(math.dist(pixmap[j, i], pixmap[j + 1, i]))
+                sizes.append(math.dist(pair[0, i], pair[1, i]))
     sizes = [s for s in sizes if math.isfinite(s)]
     return max(sizes) if sizes else 1.0
 
@@ -357,13 +403,20 @@ def pixmap_outline_extent(pixmap) -> tuple[float, float, float, float] | None:
         size = pixmap_input_pixel_size(pixmap)
         return extent[0] - size, extent[1] + size, extent[2] - size, extent[3] + size
 
+    return _outline_of_border(
+        (pixmap[0], pixmap[1]), (pixmap[-1], pixmap[-2]), (pixmap[:, 0], pixmap[:, 1]),
+        (pixmap[:, -1], pixmap[:, -2]),
+    )  # fmt: skip
+
+
+def _outline_of_border(bottom, top, left, right) -> tuple[float, float, float, float]:
+    """The outline box of :func:`pixmap_outline_extent` from the map's four borders, each given
+    as ``(edge, the row or column next to it)``, all finite."""
+
     def outward(edge, inner):
         return edge + 0.5 * (edge - inner)
 
-    bottom = outward(pixmap[0], pixmap[1])
-    top = outward(pixmap[-1], pixmap[-2])
-    left = outward(pixmap[:, 0], pixmap[:, 1])
-    right = outward(pixmap[:, -1], pixmap[:, -2])
+    bottom, top, left, right = (outward(*pair) for pair in (bottom, top, left, right))
     corners = np.array(
         [
             outward(bottom[0], bottom[1]),

@@ -77,6 +77,18 @@ whole chip and the part on the output grid is then combined like a merge, which 
 total weight equals the exact geometric overlap). Chips lying on the grid, as with the default
 grid, take the direct path.
 
+Chips in bands
+--------------
+A chip's pixel map (two float64 a pixel: 134 MB for a 4096 x 2051 UVIS chip) is the largest
+array of a drizzle. Given as a :class:`~drizzlepipe.algorithms.pixmap.PixmapRows` instead of an
+array, a chip that lies on the grid is drizzled in bands of about 2**20 pixels (at least 128
+rows), each with its map evaluated for the band alone (16 MB) and one more row on either side at
+weight 0, so that drizzle finds the corners of the band's pixels from their true neighbours; all
+bands carry the chip's context id. Measured on distorted chips: the same science, weight, error
+and context as the whole chip for every kernel, except that the square kernel's weight and
+variance sums round differently in the last bit (1 part in 1e7). Chips crossing the edge take
+the sub-grid path below with their whole map.
+
 Differences from AstroDrizzle
 -----------------------------
 * Output pixels no input reached get ``fillval`` (default NaN, AstroDrizzle's final default);
@@ -98,7 +110,11 @@ import numpy as np
 from drizzle.resample import Drizzle
 
 from drizzlepipe.algorithms.grid import OutputGridTooLargeError
-from drizzlepipe.algorithms.pixmap import pixmap_input_pixel_size, pixmap_outline_extent
+from drizzlepipe.algorithms.pixmap import (
+    PixmapRows,
+    pixmap_input_pixel_size,
+    pixmap_outline_extent,
+)
 from drizzlepipe.exceptions import DrizzlepipeInputError
 
 __all__ = [
@@ -152,6 +168,11 @@ _TOUCH_TOLERANCE = 1e-6
 _MAX_WEIGHT_WITH_ERR = 1e18
 # Pixels per block when combining partial results, so that float64 temporaries stay in cache.
 _COMBINE_BLOCK_PIXELS = 2**16
+# A chip given as PixmapRows is drizzled in bands of about this many pixels (its map: 16 bytes a
+# pixel, 16 MiB a band instead of 134 MiB for a UVIS chip), of at least _BAND_MIN_ROWS rows:
+# bands of a few rows lost input pixels in drizzle's polygon scan (measured), 128 rows never.
+_BAND_PIXELS = 2**20
+_BAND_MIN_ROWS = 128
 
 
 class ResampleInputError(DrizzlepipeInputError):
@@ -690,9 +711,12 @@ class DrizzleAccumulator:
         ----------
         data : array_like
             2-D science array (sky already subtracted), in ``in_units``. NaN/inf are bad pixels.
-        pixmap : numpy.ndarray
+        pixmap : numpy.ndarray or PixmapRows
             ``(ny, nx, 2)`` output pixel positions of the chip's pixel centres
-            (:func:`~drizzlepipe.algorithms.pixmap.compute_pixmap`).
+            (:func:`~drizzlepipe.algorithms.pixmap.compute_pixmap`), or the
+            :class:`~drizzlepipe.algorithms.pixmap.PixmapRows` that evaluates them: a chip on
+            the grid is then drizzled in bands of rows without its whole map in memory (see
+            the module notes).
         exptime : float
             Exposure time in seconds; must be positive. Divides counts data into rates.
         weight : array_like, optional
@@ -746,8 +770,10 @@ class DrizzleAccumulator:
         if data.ndim != 2:
             raise ValueError(f"data must be 2-D, got shape {data.shape}")
         shape = data.shape
-        pixmap = np.asarray(pixmap, dtype=np.float64)
-        if pixmap.shape != (*shape, 2):
+        bands = pixmap if isinstance(pixmap, PixmapRows) else None
+        if bands is None:
+            pixmap = np.asarray(pixmap, dtype=np.float64)
+        if (tuple(bands.shape) != shape) if bands is not None else pixmap.shape != (*shape, 2):
             raise ValueError(f"pixmap shape {pixmap.shape} does not match data shape {shape}")
         if self._enable_err and variance is None:
             raise ValueError(
@@ -795,11 +821,20 @@ class DrizzleAccumulator:
         if not all_finite:
             data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
 
-        size = max(pixmap_input_pixel_size(pixmap), 1.0 / pixel_scale_ratio)
-        reach = _KERNEL_REACH[self._kernel](pixfrac) * size  # output pixels beyond a centre
-        if not self._overlaps(pixmap, 0.5 + reach):
-            raise NoOverlapError(label, "no pixel of the chip falls on the output grid")
-        outline = pixmap_outline_extent(pixmap)
+        if bands is not None:
+            size = max(bands.input_pixel_size(), 1.0 / pixel_scale_ratio)
+            reach = _KERNEL_REACH[self._kernel](pixfrac) * size  # output pixels beyond a centre
+            outline = bands.outline_extent()
+            # bands only for a chip on the grid (then every pixel is on it); the others take the
+            # sub-grid path below, which needs the whole map
+            if outline is None or not self._inside_grid(outline, reach) or not _can_band(self):
+                pixmap, bands = bands.rows(0, shape[0]), None
+        if bands is None:
+            size = max(pixmap_input_pixel_size(pixmap), 1.0 / pixel_scale_ratio)
+            reach = _KERNEL_REACH[self._kernel](pixfrac) * size
+            if not self._overlaps(pixmap, 0.5 + reach):
+                raise NoOverlapError(label, "no pixel of the chip falls on the output grid")
+            outline = pixmap_outline_extent(pixmap)
 
         drizzle_args = {
             "exptime": float(exptime),
@@ -814,13 +849,16 @@ class DrizzleAccumulator:
                 member.local_id = self._driz.ctx_id
                 if member.local_id != context_id:
                     member.box = self._output_box(outline, reach)
-            self._driz.add_image(
-                data,
-                pixmap=pixmap,
-                data2=variance if self._enable_err else None,
-                weight_map=eff_weight,
-                **drizzle_args,
-            )
+            if bands is not None:
+                self._add_in_bands(data, bands, variance, eff_weight, drizzle_args)
+            else:
+                self._driz.add_image(
+                    data,
+                    pixmap=pixmap,
+                    data2=variance if self._enable_err else None,
+                    weight_map=eff_weight,
+                    **drizzle_args,
+                )
             self._members.append(member)
         else:
             self._add_on_subgrid(
@@ -828,6 +866,30 @@ class DrizzleAccumulator:
             )
         self._ids.add(context_id)
         return context_id
+
+    def _add_in_bands(self, data, bands, variance, weight, drizzle_args) -> None:
+        """Drizzle a chip on the grid a band of rows at a time (see the module notes): each
+        band with one more row on either side at weight 0, so that drizzle finds the edges of
+        the band's pixels from their true neighbours, all under the chip's context id."""
+        ny, nx = data.shape
+        n_bands = max(1, min(round(ny * nx / _BAND_PIXELS), ny // _BAND_MIN_ROWS))
+        edges = np.linspace(0, ny, n_bands + 1).round().astype(int)
+        pixmap = np.empty((int(np.diff(edges).max()) + 2, nx, 2))  # one buffer for every band
+        context_id = self._driz.ctx_id
+        for first, last in zip(edges[:-1], edges[1:]):
+            low, high = max(first - 1, 0), min(last + 1, ny)
+            band_weight = weight[low:high].copy()
+            band_weight[: first - low] = 0
+            band_weight[band_weight.shape[0] - (high - last) :] = 0
+            if first > 0:
+                _reuse_context_id(self._driz, context_id)
+            self._driz.add_image(
+                data[low:high],
+                pixmap=bands.rows(low, high, out=pixmap),
+                data2=variance[low:high] if self._enable_err else None,
+                weight_map=band_weight,
+                **drizzle_args,
+            )
 
     def _inside_grid(self, outline, reach: float) -> bool:
         """Whether drizzle can take the chip directly onto the output arrays.
@@ -1164,6 +1226,25 @@ class DrizzleAccumulator:
             context=context,
             context_ids=self.context_ids,
         )
+
+
+def _can_band(accumulator) -> bool:
+    """Whether chips can be drizzled in bands: every band must reuse the chip's context id
+    (:func:`_reuse_context_id`), which needs drizzle's id counter."""
+    driz = accumulator._driz
+    return driz is not None and (driz.ctx_id is None or hasattr(driz, "_ctx_id"))
+
+
+def _reuse_context_id(driz, context_id) -> None:
+    """Make ``driz`` give its next image the context id ``context_id`` again.
+
+    drizzle numbers every ``add_image`` call as a new image; the bands of one chip are one image.
+    drizzle 3.0 keeps the next id in ``_ctx_id`` and has no public setter (a new ``Drizzle`` per
+    band would check the whole output at every construction: +0.1 s a band, measured), so it
+    is set here; :func:`_can_band` falls back to the whole map when the counter is not there.
+    """
+    if driz.ctx_id is not None:
+        driz._ctx_id = context_id
 
 
 def merge_accumulators(accumulators: Iterable[DrizzleAccumulator]) -> DrizzleAccumulator:
