@@ -48,7 +48,7 @@ from .datamodels.conversions import (
     exposure_times,
     weight_variance,
 )
-from .datamodels.pixels import release_pixels
+from .datamodels.pixels import load_pixels, release_pixels
 from .datamodels.writers import write_exposure_copy
 from .exceptions import DrizzlepipeInputError
 from .execution import ArrayRef, Executor
@@ -463,6 +463,8 @@ def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_varia
         )
     if crbit == "auto":
         crbit = dqflags.default_crbit(model.meta.dq_convention or "hst")
+    if with_variance or weight_type != "exptime":
+        load_pixels(model)  # data and errors in one reading of the file
     factor = electrons_factor(model)
     sky = 0.0 if model.meta.background.subtracted else float(model.meta.background.level or 0.0)
     data = (model.data - np.float32(sky)) * np.float32(factor)
@@ -575,6 +577,8 @@ class ChipPixels:
         if self.model is None:
             return self.data.get(), self.err.get() if self.err is not None else None
         model = self.model.get()
+        if with_err:
+            load_pixels(model)  # both in one reading of the file
         data, err = data_with_sky(model), model.err if with_err else None
         release_pixels(model)  # the arrays above stay as long as the task needs them
         return data, err

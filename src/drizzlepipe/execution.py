@@ -8,7 +8,7 @@ tasks are pure functions of their arguments and results are combined in a fixed 
 
 The default is ``auto``: ``processes`` on a machine with two or more cores where workers can be
 forked, else ``serial``. The drizzle and blot C kernels of the ``drizzle`` package hold Python's
-GIL (measured here: two ``blot_image`` calls in two threads take exactly twice as long as one),
+GIL (two ``blot_image`` calls in two threads take exactly twice as long as one),
 so only ``processes`` or a cluster run *those* in parallel; forked workers inherit the chips
 without copies. ``threads`` (on request) suits the numpy-only parts.
 
@@ -324,7 +324,7 @@ class Executor:
         """``map`` on the worker processes, submitted to the pool directly.
 
         A step's tasks are few, large and independent, so a task graph adds nothing; going
-        through dask cost ~0.3 s the first time (importing its scheduler, while the workers
+        through dask cost time the first time (importing its scheduler, while the workers
         waited) and batched ready tasks unless told not to. Results come back in input order;
         the first failure (in input order) is raised as the worker raised it, once the tasks
         the workers have started have stopped (the others are cancelled where the pool still

@@ -3,18 +3,10 @@
 NumPy (2.x, through x86-simd-sort) sorts and partitions 32- and 64-bit arrays with AVX-512 code
 wherever the CPU has AVX-512. On AMD Zen 4 (family 25 with AVX-512) that code's compress-store
 instruction is microcoded and the "fast" sort is several times slower than NumPy's AVX2 sort
-(numpy/numpy pull request 32690 and x86-simd-sort issue 6 discuss it). Measured on this
-project's benchmark machine (AMD EPYC, family 25 model 17), NumPy 2.4.6:
-
-=========================  ============  ====================================
-8.4 M float32 values       AVX-512 path  AVX2 path (``NPY_DISABLE_CPU_FEATURES``)
-=========================  ============  ====================================
-``ndarray.sort``           334 ms        52 ms
-``np.partition`` (median)  65 ms         14 ms
-=========================  ============  ====================================
-
-The sky and static-mask statistics sort every chip once (exact clipped statistics), so on such
-a machine the whole pipeline on four UVIS exposures took 33-35 s instead of 23-24 s.
+(numpy/numpy pull request 32690 and x86-simd-sort issue 6 discuss it; timings in
+docs/developer/performance.md, *Timings behind the code*). The sky and static-mask statistics
+sort every chip once (exact clipped statistics), so such a machine runs the whole pipeline
+markedly slower.
 
 NumPy chooses its code paths when it is imported, so a running process cannot switch; the
 remedy is the environment variable ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``

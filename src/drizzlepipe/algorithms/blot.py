@@ -228,9 +228,9 @@ def fill_holes(image, reach=STENCIL_REACH, out=None):
     finite pixel (Euclidean distance; among equally near pixels any one), farther holes 0. The
     work is done in tiles of 256 x 256 pixels padded by ``reach`` and only where there are
     holes. A median's holes gather at the edges of the coverage and in chip gaps, so few tiles
-    hold any: 0.19 s instead of 1.2-1.7 s for a whole-image distance transform on a 4111 x 4214
-    median with 2.3% holes, with the same values within ``reach`` (holes scattered over every
-    tile would gain nothing: 1.1 s against 1.0 s).
+    hold any and this is several times faster than a whole-image distance transform, with the
+    same values within ``reach``; holes scattered over every tile would gain nothing (timings:
+    docs/developer/performance.md, *Timings behind the code*).
 
     Parameters
     ----------
@@ -314,7 +314,7 @@ def sample_nearest(image, pixmap, fill_value=0.0):
     flats = [item.ravel() for item in images]
     outputs = [np.empty(pixmap.shape[:2], dtype=item.dtype) for item in images]
     # Rows in blocks: the float64 and index temporaries of a block stay in cache instead of
-    # costing several full-chip arrays (measured 4x faster on a 4096 x 2051 chip).
+    # costing several full-chip arrays (several times faster on a UVIS chip).
     rows = max(1, _SAMPLE_BLOCK_PIXELS // max(pixmap.shape[1], 1))
     for start in range(0, pixmap.shape[0], rows):
         block = pixmap[start : start + rows]

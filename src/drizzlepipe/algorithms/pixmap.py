@@ -12,25 +12,25 @@ directions of the resampling:
 So the map of a chip onto a grid is computed once and reused by DrizSeparate, blot and (when the
 grids coincide) DrizFinal.
 
-Evaluating a WCS at every pixel dominates the cost of drizzling (measured on this project's
-machine: 2-4 s for a 4096 x 2051 TAN-SIP chip, several times a square-kernel drizzle of it). With
+Evaluating a WCS at every pixel dominates the cost of drizzling (several times a square-kernel
+drizzle of the chip; timings in docs/developer/performance.md, *Timings behind the code*). With
 ``stepsize > 1`` the map is evaluated exactly on a grid of nodes every ``stepsize`` pixels
 (always including the last row and column) and a bicubic spline (not-a-knot) through those nodes
 fills in the rest, as AstroDrizzle's ``stepsize`` (which interpolates bilinearly) and JWST's
 ``pixmap_stepsize``/``pixmap_order``.
 
-Accuracy and speed kept by ``stepsize`` (measured by ``bench/resample_kernels.py`` on a real
-WFC3/UVIS 4096 x 2051 TAN-SIP (order 4) chip onto its 4125 x 2323 default grid, best of 3 on
-the shared 2-core machine; maximum error over all pixels against the exact map):
+Accuracy kept by ``stepsize`` (``bench/resample_kernels.py`` on a real WFC3/UVIS 4096 x 2051
+TAN-SIP (order 4) chip onto its 4125 x 2323 default grid; maximum error over all pixels against
+the exact map; the time of each is in docs/developer/performance.md, *Timings behind the code*):
 
-==========  ===============  ==============================
- stepsize    max error (px)   time
-==========  ===============  ==============================
-  1          0 (exact)        2.1-3.0 s
-  10         9e-9             0.055 s (40x faster)
-  25         1.1e-8           0.04 s
-  50         1.0e-7           0.04 s
-==========  ===============  ==============================
+==========  ===============
+ stepsize    max error (px)
+==========  ===============
+  1          0 (exact)
+  10         9e-9
+  25         1.1e-8
+  50         1.0e-7
+==========  ===============
 
 The cubic spline is that accurate because a SIP polynomial composed with two tangent-plane
 projections is smooth on the scale of the node spacing; AstroDrizzle's bilinear interpolation
@@ -137,7 +137,7 @@ class _RowSpline:
     (ny x ncy) and ``Dx`` (nx x ncx) and coefficients ``C``. ``T = (Dx @ C).T`` is small; each
     output row is then a combination of 4 consecutive rows of ``T``, and consecutive output rows
     between two knots share those 4 rows, so every knot interval is one small dense matmul.
-    That evaluates a 4096 x 2051 map in ~10 ms, against ~0.25 s for ``RectBivariateSpline``.
+    That is some 25 times faster than ``RectBivariateSpline`` on a UVIS chip.
     """
 
     def __init__(self, values, x_nodes, y_nodes, ny: int, nx: int):

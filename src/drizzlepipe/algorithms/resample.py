@@ -1240,7 +1240,8 @@ def _reuse_context_id(driz, context_id) -> None:
 
     drizzle numbers every ``add_image`` call as a new image; the bands of one chip are one image.
     drizzle 3.0 keeps the next id in ``_ctx_id`` and has no public setter (a new ``Drizzle`` per
-    band would check the whole output at every construction: +0.1 s a band, measured), so it
+    band would check the whole output at every construction, which costs more than the
+    band), so it
     is set here; :func:`_can_band` falls back to the whole map when the counter is not there.
     """
     if driz.ctx_id is not None:

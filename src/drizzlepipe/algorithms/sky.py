@@ -70,9 +70,8 @@ Cost: O(N) WCS evaluations on node grids and rasterisations, one labelling and o
 (O(pixels)), and O(N^2 x regions x log(pixels)) for the overlap statistics. One exposure's chips
 are held in working memory at a time (about 10 bytes per pixel: the grouped, sorted float32
 values of each chip, plus 8 bytes per pixel of search keys when one overlap spans more than a few
-dozen regions of a chip). Four full-frame WFC3/UVIS-like exposures (8 chips of 4096 x 2051) are
-matched in about 0.6 s on one core: per chip about 25 ms to label and group the pixels, 30 ms to
-sort them, 10 ms for the region sums, and a few ms for all the overlap statistics.
+dozen regions of a chip). Labelling, grouping and sorting the pixels take most of the time,
+the overlap statistics little (timings: docs/developer/performance.md, *Timings behind the code*).
 
 Differences from AstroDrizzle/skypac (fixes)
 --------------------------------------------
@@ -575,8 +574,8 @@ def _interpolate_rows(grid: np.ndarray, nodes: np.ndarray, length: int) -> np.nd
     """Each row of a node grid interpolated linearly to the pixel centres ``0 .. length - 1``.
 
     Computed in float64 and rounded to float32. (A float32 matrix product with a sparse
-    interpolation matrix did this before: BLAS ran it in two threads, which took 10 ms instead of
-    0.2 ms per chip, and much longer when the other core was busy.)
+    interpolation matrix did this before: BLAS ran it in two threads, some 50 times slower, and
+    much slower still when the other core was busy.)
     """
     centres = np.arange(length, dtype=np.float64)
     interval = _node_intervals(length, nodes)

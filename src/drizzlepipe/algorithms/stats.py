@@ -60,9 +60,8 @@ range (few: outliers, then thin slices between successive limits), and order sta
 histograms come from binary searches in every region. A statistic of any union costs
 O(regions x log(pixels)) plus the values that cross the limits.
 
-Speed (one 4096 x 2051 chip, about 8.4 million values, on this project's 2-core machine): the
-sort is most of the time (about 30 ms); the float64 sums of a full pass take about 8 ms. Rules
-followed for that:
+Speed: the sort is most of the time, the float64 sums of a full pass a quarter of it (timings
+in docs/developer/performance.md, *Timings behind the code*). Rules followed for that:
 
 * one private copy per call, sorted in place; masked values are set to +inf in that copy, so the
   valid values are one slice of the sorted array (no separate finiteness pass, no compressed copy);

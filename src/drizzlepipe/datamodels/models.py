@@ -167,7 +167,7 @@ class ImageModel(DrizDataModel):
     def __getattr__(self, attr):
         source = self.__dict__.get("_pixel_source")
         if source is not None and attr in source.names and attr not in self._instance:
-            source.load(self)
+            source.load(self, (attr,))
         return super().__getattr__(attr)
 
     @property

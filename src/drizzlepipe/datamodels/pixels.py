@@ -4,8 +4,9 @@ A library of files keeps every chip's *state* in memory (metadata, WCS, DQ, stat
 cosmic rays found), which the steps change, and reads the chip's *input arrays* (``data``,
 ``err``, ``time``, ``var_*``), which no step changes, from its file when a step uses them:
 :func:`attach_pixel_source` records where they come from, the first access of ``model.data``
-(or another of them) reads them all (:meth:`PixelSource.load`), and :func:`release_pixels`
-drops them again (the library does so when the chip is shelved). The memory of a library is
+(or another of them) reads that array (:meth:`PixelSource.load`; :func:`load_pixels` reads them
+all in one opening of the file, for code that uses several), and :func:`release_pixels` drops
+them again (the library does so when the chip is shelved). The memory of a library is
 then its state, about a third of the pixels, and a step holds the pixels only of the chips it
 is working on. Reading again costs a read from the operating system's file cache (the inputs
 are read in every step, as AstroDrizzle reads them).
@@ -59,8 +60,9 @@ class PixelSource:
     stamp: tuple
     loaded: dict = field(default_factory=dict)
 
-    def read(self):
-        """The source arrays, read from the file as the reader made them, read-only.
+    def read(self, names=None):
+        """The source arrays (``names``, default all; a reader that opens the whole chip gives
+        them all), read from the file as the reader made them, read-only.
 
         Raises
         ------
@@ -74,18 +76,20 @@ class PixelSource:
                 self.name, "the input file changed during the run (its pixels are read again "
                 "by every step): run again on files that stay unchanged",
             )  # fmt: skip
-        arrays = read_pixel_arrays(self.name, self.names, self.options)
+        arrays = read_pixel_arrays(self.name, self.names if names is None else names, self.options)
         for array in arrays.values():
             array.flags.writeable = False
         return arrays
 
-    def load(self, model):
-        """Put the arrays that the model does not hold into it (read from the file)."""
-        missing = [name for name in self.names if name not in model._instance]
+    def load(self, model, names=None):
+        """Put the arrays (``names``, default all) that the model does not hold into it, read
+        from the file (with any others the reader had to read anyway)."""
+        wanted = self.names if names is None else [n for n in names if n in self.names]
+        missing = tuple(name for name in wanted if name not in model._instance)
         if not missing:
             return
-        for name, array in self.read().items():
-            if name in missing:
+        for name, array in self.read(missing).items():
+            if name in self.names and name not in model._instance:
                 model._instance[name] = array
                 self.loaded[name] = array
 

@@ -34,8 +34,6 @@ from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor
 
 __all__ = [
-    "GRID_SPEC",
-    "DRIZZLE_KERNELS",
     "OutputGridMaker",
     "apply_carried",
     "carried_metadata",
@@ -45,21 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DRIZZLE_KERNELS = "option('square', 'point', 'turbo', 'gaussian', 'lanczos3'"
-
-#: Output-grid parameters shared by the drizzle steps (names as JWST's resample).
-GRID_SPEC = """
-    rotation = float(default=None)  # Position angle of output +Y [deg], 0 = north up; None: first chip's
-    pixel_scale = float(default=None)  # Output pixel scale [arcsec]; None: first chip's undistorted scale x ratio
-    pixel_scale_ratio = float(default=1.0)  # Output/input pixel-scale ratio (ignored with pixel_scale)
-    output_shape = int_list(min=2, max=2, default=None)  # Output shape [nx, ny]; None: covers every chip
-    crval = float_list(min=2, max=2, default=None)  # RA, Dec [deg] of the reference pixel
-    crpix = float_list(min=2, max=2, default=None)  # Reference pixel [x, y] (FITS, 1-based)
-    refimage = string(default=None)  # Image (FITS/ASDF) whose WCS and shape define the grid
-    stepsize = integer(default=10, min=1)  # Evaluate the WCS every stepsize pixels and interpolate
-    max_pixels = integer(default=536870912, min=1)  # Largest output grid accepted [pixels] (2**29: 4 GiB for SCI+WHT)
-"""  # noqa: E501
 
 
 def parse_fillval(value):
@@ -108,7 +91,7 @@ class OutputGridMaker:
 
     @classmethod
     def from_step(cls, step):
-        """Read the :data:`GRID_SPEC` parameters of ``step``."""
+        """Read the output-grid parameters of ``step`` (rotation ... max_pixels, as in its spec)."""
         return cls(
             max_pixels=step.max_pixels,
             step_name=step.class_alias,

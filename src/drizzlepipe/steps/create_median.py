@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import numpy as np
 from astropy.io import fits
 
-from ..algorithms.combine import COMBINE_TYPES, combine_stack
+from ..algorithms.combine import combine_stack
 from ..algorithms.sections import ImageStack
 from ..datamodels import ResampledModel, open_path
 from ..exceptions import DrizzlepipeInputError
@@ -36,8 +36,8 @@ class CreateMedianStep(DrizStep):
 
     class_alias = "create_median"
 
-    spec = f"""
-    combine_type = option({", ".join(repr(t) for t in COMBINE_TYPES)}, default='minmed')  # Combination
+    spec = """
+    combine_type = option('minmed', 'iminmed', 'median', 'imedian', 'mean', 'imean', 'sum', 'sigclip', default='minmed')  # Combination
     maskpt = float(default=0.7, min=0.0)  # Mask pixels with weight below maskpt x mean weight
     nsigma = string(default='4 3')  # minmed significances of the two passes
     nlow = integer(default=0, min=0)  # Lowest good values rejected per pixel (not minmed)

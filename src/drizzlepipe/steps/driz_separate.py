@@ -14,8 +14,6 @@ from ..chipwork import DrizzleSettings, drizzle_exposures
 from ..datamodels import ResampledModel
 from ..datamodels.conversions import chip_iscale, chip_label
 from ._drizzle_common import (
-    DRIZZLE_KERNELS,
-    GRID_SPEC,
     OutputGridMaker,
     apply_carried,
     carried_metadata,
@@ -43,15 +41,21 @@ class DrizSeparateStep(DrizStep):
 
     class_alias = "driz_separate"
 
-    spec = (
-        f"""
-    kernel = {DRIZZLE_KERNELS}, default='turbo')  # Drizzle kernel
+    spec = """
+    kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='turbo')  # Drizzle kernel
     pixfrac = float(default=1.0, min=0.001)  # Drop size as a fraction of the input pixel
     fillval = string(default=None)  # Value where no input contributes: None/INDEF (0), NaN, number
     good_bits = string(default='0')  # DQ bits treated as good ('4+8', '~4', None = ignore DQ)
-    """
-        + GRID_SPEC
-    )
+    rotation = float(default=None)  # Position angle of output +Y [deg], 0 = north up; None: first chip's
+    pixel_scale = float(default=None)  # Output pixel scale [arcsec]; None: first chip's undistorted scale x ratio
+    pixel_scale_ratio = float(default=1.0)  # Output/input pixel-scale ratio (ignored with pixel_scale)
+    output_shape = int_list(min=2, max=2, default=None)  # Output shape [nx, ny]; None: covers every chip
+    crval = float_list(min=2, max=2, default=None)  # RA, Dec [deg] of the reference pixel
+    crpix = float_list(min=2, max=2, default=None)  # Reference pixel [x, y] (FITS, 1-based)
+    refimage = string(default=None)  # Image (FITS/ASDF) whose WCS and shape define the grid
+    stepsize = integer(default=10, min=1)  # Evaluate the WCS every stepsize pixels and interpolate
+    max_pixels = integer(default=536870912, min=1)  # Largest output grid accepted [pixels] (2**29: 4 GiB for SCI+WHT)
+    """  # noqa: E501
 
     def process(self, input_data):
         """Drizzle every exposure onto the common grid.

@@ -22,6 +22,7 @@ from astropy.wcs import WCS
 from ...exceptions import DrizzlepipeInputError
 from ..models import ImageModel, ResampledModel
 from ..naming import exposure_root, product_kind
+from ..pixels import PIXEL_ARRAYS
 from ..units import parse_bunit
 from ._common import (
     as_number,
@@ -165,8 +166,9 @@ def read_pixel_arrays(name, names, options):
     """The input arrays ``names`` (``data``, ``err``, ``time``, ``var_*``) of one chip, read
     again from its file exactly as :func:`open_path` read them with reader ``options``.
 
-    HST chips are read directly (their SCI, ERR and TIME extensions); other files are opened
-    again as a whole (:func:`open_path`) and their arrays taken.
+    HST chips are read directly (only the extensions asked for, SCI always); other files are
+    opened again as a whole (:func:`open_path`), and then all their input arrays are returned,
+    those not asked for too (reading them cost nothing more).
     """
     path, selector = split_selector(name)
     if selector is not None and selector[0] == "SCI" and file_kind(path) != "asdf":
@@ -175,10 +177,10 @@ def read_pixel_arrays(name, names, options):
                 primary = hdulist[0].header
                 hst = not is_jwst(primary) and (is_hst(primary) or bool(sci_extvers(hdulist)))
             if hst:
-                pixels = read_hst_pixels(hdulist, path, selector[1])
+                pixels = read_hst_pixels(hdulist, path, selector[1], names)
                 return {key: pixels[key] for key in names}
     chip = open_path(name, **options)
-    return {key: chip._instance[key] for key in names}
+    return {key: chip._instance[key] for key in PIXEL_ARRAYS if key in chip._instance}
 
 
 def product_model_type(name):

@@ -99,9 +99,9 @@ def image_array(hdu, path, extension, dtype, expected_shape=None):
             extension,
         )
     if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(data.dtype, np.signedinteger):
-        # HST DQ is int16: reinterpret the bit pattern instead of sign-extending it.
-        unsigned = data.astype(data.dtype.newbyteorder("="), copy=False)
-        data = unsigned.view(unsigned.dtype.str.replace("i", "u"))
+        # HST DQ is int16: reinterpret the bit pattern instead of sign-extending it (a view in
+        # the file's byte order; the copy below swaps and widens in one pass).
+        data = data.view(data.dtype.str.replace("i", "u"))
     return np.array(data, dtype=dtype, copy=True)
 
 

@@ -196,9 +196,10 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     return model
 
 
-def read_hst_pixels(hdulist, path, extver):
-    """The input arrays of one chip: ``data`` (SCI), ``err`` (ERR, zeros when the file has
-    none) and, where the file has it, ``time`` (WFC3/IR and NICMOS TIME), as float32."""
+def read_hst_pixels(hdulist, path, extver, names=("data", "err", "time")):
+    """The input arrays ``names`` of one chip, as float32: ``data`` (SCI), ``err`` (ERR, zeros
+    when the file has none) and ``time`` (WFC3/IR and NICMOS TIME, only where the file has
+    it). SCI is always read (it gives the shape)."""
     ext = f"SCI,{extver}"
     try:
         sci = hdulist["SCI", extver]
@@ -206,9 +207,11 @@ def read_hst_pixels(hdulist, path, extver):
         raise DrizzlepipeInputError(path, "no such extension", ext) from None
     with reading(path, ext):
         data = image_array(sci, path, ext, np.float32)
-    pixels = {"data": data, "err": np.zeros(data.shape, np.float32)}
+    pixels = {"data": data}
+    if "err" in names:
+        pixels["err"] = np.zeros(data.shape, np.float32)
     for name in ("ERR", "TIME"):
-        if (name, extver) in hdulist:
+        if name.lower() in names and (name, extver) in hdulist:
             extension = f"{name},{extver}"
             with reading(path, extension):
                 pixels[name.lower()] = image_array(
