@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from drizzlepipe import __version__
@@ -122,3 +123,49 @@ def test_strun_version_and_stpipe_list_show_drizzlepipe(tmp_path):
 def test_unknown_parameter_is_rejected():
     with pytest.raises(Exception, match="bogus"):
         ChipMeanStep(bogus=1)
+
+
+def test_a_value_set_on_a_step_wins_over_the_pipelines(small_simulation, tmp_path):
+    # good_bits and crbit: a step's None inherits the pipeline's; a value set on the step
+    # ('0' included, once overwritten by the pipeline's) is the step's own.
+    from astropy.io import fits
+
+    from drizzlepipe.pipelines import DrizzlePipeline
+    from drizzlepipe.steps import DrizFinalStep
+
+    pipeline = DrizzlePipeline(
+        good_bits="4", crbit=8192,
+        steps={"sky_sub": {"good_bits": "0"}, "blot_cr": {"crbit": 4096}},
+    )  # fmt: skip
+    assert pipeline.sky_sub.inherited("good_bits", "0") == "0"
+    assert pipeline.driz_final.inherited("good_bits", "0") == "4"
+    assert pipeline.blot_cr.inherited("crbit") == 4096
+    assert pipeline.driz_final.inherited("crbit") == 8192
+    assert DrizFinalStep().inherited("good_bits", "0") == "0"  # alone: the step's default
+
+    # in a run: DQ 4 on a block of one chip; the final's weight there depends on whose value
+    path = tmp_path / small_simulation.flt_files[0].name
+    with fits.open(small_simulation.flt_files[0]) as hdulist:
+        hdulist["DQ", 1].data[100:140, 100:140] = 4
+        hdulist.writeto(path)
+    files = [str(path), *map(str, small_simulation.flt_files[1:])]
+    only_final = {name: {"skip": True} for name in ("static_mask", "sky_sub", "driz_separate",
+                                                     "create_median", "blot_cr")}  # fmt: skip
+    weights = {}
+    for label, final in (("inherits '4'", {}), ("own '0'", {"good_bits": "0"})):
+        product = DrizzlePipeline.call(
+            files, configure_log=False, good_bits="4", steps={**only_final, "driz_final": final}
+        )
+        weights[label] = float(product.wht.sum())
+    # the pixels whose only DQ bit is 4 (the block, and the simulation's own), 500 s each
+    # times their area in output pixels, weigh in the first run and not in the second
+    only_4 = 0
+    for name in files:
+        with fits.open(name) as hdulist:
+            for extver in (1, 2):
+                dq = hdulist["DQ", extver].data.astype(np.uint16)
+                only_4 += int(np.count_nonzero(dq == 4))
+    assert only_4 > 1600
+    area = (small_simulation.parameters["pixel_scale"] / product.meta.resample.pixel_scale) ** 2
+    missing = weights["inherits '4'"] - weights["own '0'"]
+    assert missing == pytest.approx(only_4 * 500.0 * area, rel=0.05)

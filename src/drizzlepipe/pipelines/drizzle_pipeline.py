@@ -50,10 +50,6 @@ __all__ = ["DrizzlePipeline"]
 
 log = logging.getLogger(__name__)
 
-#: Steps that take the pipeline's ``good_bits`` / ``crbit`` when they are left at their default.
-_GOOD_BITS_STEPS = ("sky_sub", "driz_separate", "driz_final")
-_CRBIT_STEPS = ("blot_cr", "driz_final")
-
 
 class DrizzlePipeline(DrizPipeline):
     """Combine dithered exposures into one clean image, rejecting cosmic rays (AstroDrizzle).
@@ -68,8 +64,8 @@ class DrizzlePipeline(DrizPipeline):
 
     spec = """
     in_memory = boolean(default=None)  # Keep the chips' state in memory, pixels read from the files when used (False: state in temporary files, least RAM; None: the memory model decides)
-    crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final (None: by mission)
-    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final
+    crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final where theirs is None (None: by mission)
+    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final where theirs is None (None: '0')
     save_intermediates = boolean(default=False)  # Save the products of every step
     units = option('counts', 'countrate', 'surface_brightness', default=None)  # Units of inputs without (or with a wrong) BUNIT
     exptime = float(default=None)  # Exposure time [s] of inputs without one
@@ -217,7 +213,7 @@ class DrizzlePipeline(DrizPipeline):
         flagged by a DQ bit outside the final drizzle's ``good_bits``), each reported; an
         exposure left without chips is reported as left out."""
         library.preload()
-        good_bits = self.driz_final.good_bits
+        good_bits = self.driz_final.inherited("good_bits", "0")
         empty = []
         with library:
             for index in range(len(library)):
@@ -258,15 +254,8 @@ class DrizzlePipeline(DrizPipeline):
                 )  # fmt: skip
 
     def _share_defaults(self):
-        """Pipeline-level good_bits/crbit/save_intermediates reach the steps still at defaults."""
-        for name in _GOOD_BITS_STEPS:
-            step = getattr(self, name)
-            if self.good_bits is not None and step.good_bits == "0":
-                step.good_bits = self.good_bits
-        for name in _CRBIT_STEPS:
-            step = getattr(self, name)
-            if self.crbit is not None and step.crbit is None:
-                step.crbit = self.crbit
+        """``save_intermediates`` saves every step's products (``good_bits`` and ``crbit`` the
+        steps inherit themselves where theirs are None: :meth:`DrizStep.inherited`)."""
         if self.save_intermediates:
             for name in self.step_defs:
                 if name != "driz_final":

@@ -224,6 +224,15 @@ class DrizStep(Step):
         library.preload()
         return library
 
+    def inherited(self, name, default=None):
+        """The step's parameter ``name``; when it is None (not set), its pipeline's parameter of
+        that name (``good_bits``, ``crbit``), else ``default``: a value the user gave the step
+        always wins over the pipeline's."""
+        value = getattr(self, name)
+        if value is None and self.parent is not None:
+            value = getattr(self.parent, name, None)
+        return default if value is None else value
+
     def record_step_status(self, model, status="COMPLETE"):
         """Write this step's status into ``model.meta.cal_step.<class_alias>``."""
         if self.class_alias:

@@ -206,7 +206,7 @@ class BlotCRStep(DrizStep):
             totals["unflagged"].append(label)
             return
         cr_mask = result.mask()
-        crbit = self.crbit or dqflags.default_crbit(model.meta.dq_convention or "hst")
+        crbit = self.inherited("crbit") or dqflags.default_crbit(model.meta.dq_convention or "hst")
         # counted on pixels the input had not flagged already (a bad column differs from the
         # blot too, and is left out of the products anyway)
         flagged_before = (model.dq & np.uint32(~int(crbit) & 0xFFFFFFFF)) != 0

@@ -44,7 +44,7 @@ class DrizFinalStep(DrizStep):
     kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='square')  # Drizzle kernel
     pixfrac = float(default=1.0, min=0.001)  # Drop size as a fraction of the input pixel
     fillval = string(default='NaN')  # Value where no input contributes: NaN, a number, INDEF (0)
-    good_bits = string(default='0')  # DQ bits treated as good ('4+8', '~4', None = ignore DQ)
+    good_bits = string(default=None)  # DQ bits treated as good ('4+8', '~4'; 'None': ignore DQ; None: the pipeline's good_bits, else '0')
     units = option('cps', 'counts', default='cps')  # Output per second or per total exposure
     crbit = integer(default=None)  # DQ value of CRs (None: 4096 for HST, OUTLIER+DO_NOT_USE JWST)
     context = boolean(default=True)  # Write the context image (one bit per input chip)
@@ -83,10 +83,11 @@ class DrizFinalStep(DrizStep):
             grid.shape[1], grid.shape[0], grid.pixel_scale, self.kernel, self.pixfrac,
             self.weight_type,
         )  # fmt: skip
+        good_bits, crbit = self.inherited("good_bits", "0"), self.inherited("crbit") or "auto"
         settings = DrizzleSettings(
             kernel=self.kernel, pixfrac=self.pixfrac, fillval=parse_fillval(self.fillval),
-            stepsize=self.stepsize, good_bits=self.good_bits, weight_type=self.weight_type,
-            crbit=self.crbit or "auto", context=self.context, compute_err=self.compute_err,
+            stepsize=self.stepsize, good_bits=good_bits, weight_type=self.weight_type,
+            crbit=crbit, context=self.context, compute_err=self.compute_err,
         )  # fmt: skip
         with self.execution() as executor, library:
             drizzled = drizzle_all(executor, library, grid, settings, runs=self.runs)
@@ -105,7 +106,7 @@ class DrizFinalStep(DrizStep):
         contributing = {group for label, group, _ in drizzled.chips if label in added}
         exposures = {g: times for g, times in exposures.items() if g in contributing}
         # context-bit order: bit i is chip i of the library
-        mask = mask_description(self.good_bits, crbit=self.crbit or "auto")
+        mask = mask_description(good_bits, crbit=crbit)
         used = [info for info in infos if chip_label(info) in added]
         members = [input_member(info, mask) for info in used]
         detectors = {info.detector for info in used}

@@ -45,7 +45,7 @@ class DrizSeparateStep(DrizStep):
     kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='turbo')  # Drizzle kernel
     pixfrac = float(default=1.0, min=0.001)  # Drop size as a fraction of the input pixel
     fillval = string(default=None)  # Value where no input contributes: None/INDEF (0), NaN, number
-    good_bits = string(default='0')  # DQ bits treated as good ('4+8', '~4', None = ignore DQ)
+    good_bits = string(default=None)  # DQ bits treated as good ('4+8', '~4'; 'None': ignore DQ; None: the pipeline's good_bits, else '0')
     rotation = float(default=None)  # Position angle of output +Y [deg], 0 = north up; None: first chip's
     pixel_scale = float(default=None)  # Output pixel scale [arcsec]; None: first chip's undistorted scale x ratio
     pixel_scale_ratio = float(default=1.0)  # Output/input pixel-scale ratio (ignored with pixel_scale)
@@ -81,7 +81,7 @@ class DrizSeparateStep(DrizStep):
         )  # fmt: skip
         settings = DrizzleSettings(
             kernel=self.kernel, pixfrac=self.pixfrac, fillval=parse_fillval(self.fillval),
-            stepsize=self.stepsize, good_bits=self.good_bits,
+            stepsize=self.stepsize, good_bits=self.inherited("good_bits", "0"),
         )  # fmt: skip
         groups = list(library.group_indices.values())
         # On disk (in_memory=False) the singles go to files that CreateMedian reads by row
@@ -135,7 +135,7 @@ class DrizSeparateStep(DrizStep):
         AstroDrizzle, and the minimum sky over the chips in electrons per *output* pixel;
         AstroDrizzle uses the sky per input pixel, a units quirk)."""
         infos = [library.chip_info(index) for index in indices]
-        mask = mask_description(self.good_bits)
+        mask = mask_description(self.inherited("good_bits", "0"))
         skies = []
         for info in infos:
             # electrons per output pixel: an input pixel's sky times the area ratio

@@ -48,7 +48,7 @@ class SkySubStep(DrizStep):
     lower = float(default=None)  # Ignore data below this (data units)
     upper = float(default=None)  # Ignore data above this (data units)
     binwidth = float(default=0.1)  # Histogram bin width [sigma] for mode and midpt
-    good_bits = string(default='0')  # DQ bits treated as good
+    good_bits = string(default=None)  # DQ bits treated as good ('4+8', '~4'; 'None': ignore DQ; None: the pipeline's good_bits, else '0')
     use_static = boolean(default=True)  # Exclude the static mask
     mask_files = string(default=None)  # Catalogue: 'image mask1 [mask2 ...]' per line (0 = bad)
     user_keyword = string(default=None)  # Header keyword holding a sky already subtracted
@@ -139,7 +139,7 @@ class SkySubStep(DrizStep):
 
     def _sky_arrays(self, model, user_masks):
         """Data (sky included) and mask (True = not sky) of one chip."""
-        mask = bad_pixels(model, self.good_bits, use_static=self.use_static)
+        mask = bad_pixels(model, self.inherited("good_bits", "0"), use_static=self.use_static)
         extra = user_masks.get(model.meta.filename)
         if extra:
             position = int(model.meta.chip or 1) - 1
