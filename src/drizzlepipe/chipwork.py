@@ -463,17 +463,22 @@ def chip_job(model, output_scale, executor, *, good_bits, crbit=None, with_varia
         )
     if crbit == "auto":
         crbit = dqflags.default_crbit(model.meta.dq_convention or "hst")
-    if with_variance or weight_type != "exptime":
-        load_pixels(model)  # data and errors in one reading of the file
     factor = electrons_factor(model)
+    # the errors first, let go before the mask and the data: one input array in memory at a
+    # time, and the mask's temporaries before the data come
+    variance = chip_variance(model, factor) if with_variance else None
+    variance_for_weight = weight_variance(model, factor, weight_type)
+    release_pixels(model)
+    bad_mask = bad_pixels(model, good_bits, crbit=crbit)
     sky = 0.0 if model.meta.background.subtracted else float(model.meta.background.level or 0.0)
-    data = (model.data - np.float32(sky)) * np.float32(factor)
+    data = np.subtract(model.data, np.float32(sky), dtype=np.float32)
+    data *= np.float32(factor)  # in place: one chip-sized array, not two
     input_scale = model.meta.detector.pixel_scale or pixel_scale(model.meta.wcs, model.shape)
     return ChipJob(
         data=executor.share(data),
-        bad_mask=executor.share(bad_pixels(model, good_bits, crbit=crbit)),
-        variance=executor.share(chip_variance(model, factor)) if with_variance else None,
-        weight_variance=executor.share(weight_variance(model, factor, weight_type)),
+        bad_mask=executor.share(bad_mask),
+        variance=executor.share(variance) if variance is not None else None,
+        weight_variance=executor.share(variance_for_weight),
         wcs=executor.portable(model.meta.wcs),
         shape=tuple(model.shape),
         exptime=float(model.meta.exposure.exptime),

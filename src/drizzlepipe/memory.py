@@ -11,9 +11,9 @@ the number of chips, ``E`` of exposures and ``W`` the number of workers.
   at most ``W``.
 * Singles (DrizSeparate): ``8 O`` each (SCI, WHT float32). In memory all ``E``; on disk they are
   files and CreateMedian reads row sections of ``bufsize`` MiB from each.
-* Working set of a task on one chip: its pixels (SCI, ERR: ``8 P``), its pixel map
-  (``16 P``, float64 x, y) and the prepared copies (sky-subtracted data, variance, weight,
-  masks: about ``14 P``), ``38 P`` per worker.
+* Working set of a task on one chip: one input array at a time while it is prepared (``4 P``),
+  the prepared copies (sky-subtracted data, variance, masks: ``10 P``), and the bands it is
+  drizzled (or blotted) in, whose pixel maps and weights take some 30 MB: ``16 P`` per worker.
 * Outputs, whichever step is largest: BlotCR holds the median, its hole-filled copy, its hole
   map and its weight (``16 O``); DrizFinal holds ``runs`` partial accumulations (default 2),
   each ``8 O`` (SCI, WHT) + ``4 O`` with the error image + ``4 O`` per 32 chips of context,
@@ -114,7 +114,7 @@ def estimate_memory(
         chips=10 * p * n_chips if in_memory else 13 * p * resident_chips,
         singles=8 * o * n_exposures if in_memory else 0,
         median_sections=0 if in_memory else int(2 * bufsize_mib * _MIB * n_exposures),
-        tasks=38 * p * min(w, n_chips),
+        tasks=16 * p * min(w, n_chips),
         outputs=max(16 * o, partial * min(max(int(final_runs), 1), n_chips)),
         bookkeeping=PER_CHIP_OVERHEAD * n_chips,
     )

@@ -783,31 +783,25 @@ class DrizzleAccumulator:
 
         context_id = self._next_context_id(context_id)
 
-        # Bad pixels: weight 0. NaN data must also be replaced, since 0 * NaN is NaN.
+        # Bad pixels: weight 0 (their data and variance are replaced in the rows drizzle is
+        # given, :meth:`_drizzle_input`). Only this mask covers the whole chip.
         finite = np.isfinite(data)
         good = finite if bad_mask is None else _good_pixels(shape, bad_mask, None) & finite
-        all_finite = bool(finite.all())
         del finite
         if self._enable_err:
             variance = np.asarray(variance, dtype=np.float32)
             if variance.shape != shape:
                 raise ValueError(f"variance shape {variance.shape} differs from data {shape}")
-            good_var = np.isfinite(variance) & (variance >= 0)
-            if not good_var.all():
-                good &= good_var
-                variance = np.where(good_var, variance, np.float32(0.0))
-            del good_var
+            good &= np.isfinite(variance) & (variance >= 0)
         if weight is None:
-            eff_weight = np.where(good, np.float32(exptime), np.float32(0.0))
+            max_weight = float(exptime) if good.any() else 0.0
         else:
             weight = np.asarray(weight, dtype=np.float32)
             if weight.shape != shape:
                 raise ValueError(f"weight shape {weight.shape} differs from data {shape}")
             if not np.all(np.isfinite(weight)) or np.any(weight < 0):
                 raise ValueError("weights must be finite and non-negative")
-            eff_weight = np.where(good, weight, np.float32(0.0))
-        del good
-        max_weight = float(eff_weight.max())
+            max_weight = float(np.max(weight, where=good, initial=0.0))
         if not max_weight > 0:
             raise AllPixelsMaskedError(
                 label, "no pixel has a positive weight (all masked, non-finite or zero weight)"
@@ -818,8 +812,7 @@ class DrizzleAccumulator:
                 f"(limit {_MAX_WEIGHT_WITH_ERR:.0e}); weights only matter relative to each "
                 "other, so scale them down by the same factor for every chip"
             )
-        if not all_finite:
-            data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+        chip = _ChipRows(data, variance if self._enable_err else None, weight, good, exptime)
 
         if bands is not None:
             size = max(bands.input_pixel_size(), 1.0 / pixel_scale_ratio)
@@ -850,44 +843,42 @@ class DrizzleAccumulator:
                 if member.local_id != context_id:
                     member.box = self._output_box(outline, reach)
             if bands is not None:
-                self._add_in_bands(data, bands, variance, eff_weight, drizzle_args)
+                self._add_in_bands(chip, bands, drizzle_args)
             else:
+                data, variance, weight = chip.rows(0, shape[0])
                 self._driz.add_image(
-                    data,
-                    pixmap=pixmap,
-                    data2=variance if self._enable_err else None,
-                    weight_map=eff_weight,
-                    **drizzle_args,
+                    data, pixmap=pixmap, data2=variance, weight_map=weight, **drizzle_args
                 )
             self._members.append(member)
         else:
+            data, variance, weight = chip.rows(0, shape[0])
             self._add_on_subgrid(
-                data, pixmap, eff_weight, variance, outline, reach, context_id, drizzle_args
+                data, pixmap, weight, variance, outline, reach, context_id, drizzle_args
             )
         self._ids.add(context_id)
         return context_id
 
-    def _add_in_bands(self, data, bands, variance, weight, drizzle_args) -> None:
+    def _add_in_bands(self, chip, bands, drizzle_args) -> None:
         """Drizzle a chip on the grid a band of rows at a time (see the module notes): each
         band with one more row on either side at weight 0, so that drizzle finds the edges of
         the band's pixels from their true neighbours, all under the chip's context id."""
-        ny, nx = data.shape
+        ny, nx = chip.shape
         n_bands = max(1, min(round(ny * nx / _BAND_PIXELS), ny // _BAND_MIN_ROWS))
         edges = np.linspace(0, ny, n_bands + 1).round().astype(int)
         pixmap = np.empty((int(np.diff(edges).max()) + 2, nx, 2))  # one buffer for every band
         context_id = self._driz.ctx_id
         for first, last in zip(edges[:-1], edges[1:]):
             low, high = max(first - 1, 0), min(last + 1, ny)
-            band_weight = weight[low:high].copy()
-            band_weight[: first - low] = 0
-            band_weight[band_weight.shape[0] - (high - last) :] = 0
+            data, variance, weight = chip.rows(low, high)
+            weight[: first - low] = 0
+            weight[weight.shape[0] - (high - last) :] = 0
             if first > 0:
                 _reuse_context_id(self._driz, context_id)
             self._driz.add_image(
-                data[low:high],
+                data,
                 pixmap=bands.rows(low, high, out=pixmap),
-                data2=variance[low:high] if self._enable_err else None,
-                weight_map=band_weight,
+                data2=variance,
+                weight_map=weight,
                 **drizzle_args,
             )
 
@@ -1226,6 +1217,40 @@ class DrizzleAccumulator:
             context=context,
             context_ids=self.context_ids,
         )
+
+
+@dataclass
+class _ChipRows:
+    """A chip's arrays as :meth:`DrizzleAccumulator.add_chip` checked them, handed to drizzle
+    a band of rows at a time (:meth:`rows`), so that the cleaned copies are never made for the
+    whole chip at once."""
+
+    data: np.ndarray
+    variance: np.ndarray | None  # None: no error image
+    weight: np.ndarray | None  # None: exptime on every good pixel
+    good: np.ndarray  # bool, False where the pixel gets weight 0
+    exptime: float
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def rows(self, first, last):
+        """``(data, variance or None, weight)`` of rows ``first .. last - 1``: the weight (a new
+        array) 0 at bad pixels, whose non-finite data and variance become 0 (0 * NaN is
+        NaN)."""
+        good = self.good[first:last]
+        data = self.data[first:last]
+        if not np.isfinite(data).all():
+            data = np.where(np.isfinite(data), data, np.float32(0.0))
+        variance = None
+        if self.variance is not None:
+            variance = self.variance[first:last]
+            usable = np.isfinite(variance) & (variance >= 0)
+            if not usable.all():
+                variance = np.where(usable, variance, np.float32(0.0))
+        value = np.float32(self.exptime) if self.weight is None else self.weight[first:last]
+        return data, variance, np.where(good, value, np.float32(0.0))
 
 
 def _can_band(accumulator) -> bool:

@@ -63,9 +63,12 @@ def chip_variance(model, factor):
         variance = model.var_poisson + model.var_rnoise
         if model.var_flat is not None:
             variance += model.var_flat
-        return variance * np.float32(factor**2)
+        variance *= np.float32(factor**2)
+        return variance
     if model.meta.has_err is not False:
-        return np.square(model.err, dtype=np.float32) * np.float32(factor**2)
+        variance = np.square(model.err, dtype=np.float32)
+        variance *= np.float32(factor**2)  # in place: one chip-sized array, not two
+        return variance
     return detector_variance(model, factor, np.clip(model.data * np.float32(factor), 0, None))
 
 
