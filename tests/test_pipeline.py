@@ -119,14 +119,24 @@ def test_intermediate_products_appear_exactly_when_asked(small_simulation, tmp_p
 
 
 def test_skipped_steps_are_recorded(small_simulation):
+    # in the product and in every chip: static_mask is skipped by stpipe (its input is the
+    # library), create_median too (its input is the singles: the pipeline records it in the
+    # chips), blot_cr is not run (no median)
+    from drizzlepipe.datamodels import ModelLibrary
+
+    library = ModelLibrary([str(p) for p in small_simulation.flt_files])
     final = DrizzlePipeline.call(
-        [str(p) for p in small_simulation.flt_files],
-        steps={"create_median": {"skip": True}, "static_mask": {"skip": True}},
+        library, steps={"create_median": {"skip": True}, "static_mask": {"skip": True}}
     )
     assert final.meta.cal_step.create_median == "SKIPPED"
     assert final.meta.cal_step.blot_cr == "SKIPPED"  # nothing to compare with
     assert final.meta.cal_step.static_mask == "SKIPPED"
     assert final.meta.cal_step.driz_separate == "COMPLETE"
+    with library:
+        for index, model in enumerate(library):
+            steps = model.meta.cal_step
+            assert (steps.static_mask, steps.create_median, steps.blot_cr) == ("SKIPPED",) * 3
+            library.shelve(model, index, modify=False)
 
 
 def test_one_exposure_skips_median_and_cosmic_rays(small_simulation, caplog):

@@ -197,7 +197,7 @@ class DrizzlePipeline(DrizPipeline):
             setattr(final.meta.cal_step, name, status)
         self._summary(library, final, timings, time.perf_counter() - started)
         if self.save_results or self.output_file or self.output_dir:
-            path = final.save(self.product_path(self.product_root, "drz"))
+            path = self.save_product(final, self.product_root, "drz")
             log.info("Final product written to %s", path)
         return final
 
@@ -262,16 +262,24 @@ class DrizzlePipeline(DrizPipeline):
                     getattr(self, name).save_results = True
 
     def _timed(self, timings, name, *args, library, on_skip):
-        """Run one step and log its wall time; when it is switched off, or an input it needs
-        was not produced, record SKIPPED in the chips and return ``on_skip``."""
+        """Run one step with stpipe's ``run`` and log its wall time.
+
+        A step with ``skip`` set is stpipe's to skip (it returns its input and records SKIPPED
+        in what it was given); a step whose input was not produced is not run. Either way its
+        status SKIPPED is in the chips and ``on_skip`` is returned.
+        """
         step = getattr(self, name)
-        if step.skip or any(arg is None for arg in args):
-            reason = "skip=True" if step.skip else "its input was not produced"
-            log.info("Step %s skipped (%s)", name, reason)
+        if any(arg is None for arg in args):
+            log.info("Step %s skipped (its input was not produced)", name)
             self._mark_skipped(library, name)
             return on_skip
         started = time.perf_counter()
         result = step.run(*args)
+        if step.skip:
+            log.info("Step %s skipped (skip=True)", name)
+            if args[0] is not library:  # stpipe recorded it in the singles
+                self._mark_skipped(library, name)
+            return on_skip
         timings[name] = time.perf_counter() - started
         log.info("Step %s finished in %.2f s", name, timings[name])
         return result

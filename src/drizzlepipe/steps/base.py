@@ -140,13 +140,25 @@ class DrizStep(Step):
     def save_model(self, model, *args, force=False, **kwargs):
         """stpipe calls this after ``process`` when ``save_results`` is set.
 
-        drizzlepipe steps write their products themselves inside ``process`` with
-        AstroDrizzle-like names (``<root>_single.fits``, ``<product>_drz.fits``, ...), so the
-        automatic save of the returned object is skipped; ``force=True`` still saves.
+        drizzlepipe steps save their products themselves inside ``process`` with
+        AstroDrizzle-like names (``<root>_single.fits``, ``<product>_drz.fits``, ...; see
+        :meth:`save_product`), so the automatic save of the returned object is skipped;
+        ``force=True`` saves.
         """
         if not force:
             return None
         return super().save_model(model, *args, force=force, **kwargs)
+
+    def save_product(self, model, root, suffix):
+        """Save ``model`` as ``<output_dir>/<root>_<suffix><output_ext>`` with stpipe's
+        ``save_model`` (its naming and log line; the model's own save is atomic).
+
+        Returns
+        -------
+        str
+            The path written.
+        """
+        return self.save_model(model, suffix=suffix, output_file=self._basepath(root), force=True)
 
     def product_name(self, library=None):
         """Root name of combined products: the pipeline's, else ``output_file`` (without
@@ -166,10 +178,14 @@ class DrizStep(Step):
         return name or "final"
 
     def product_path(self, root, suffix):
-        """``<output_dir>/<root>_<suffix><output_ext>`` (output_dir searched up the parents)."""
-        output_dir = self.search_attr("output_dir") or ""
+        """``<output_dir>/<root>_<suffix><output_ext>``: stpipe's ``make_output_path``
+        (``output_dir`` searched up the parents, ``output_ext``)."""
+        return self.make_output_path(basepath=self._basepath(root), suffix=suffix)
+
+    def _basepath(self, root):
+        # with the extension, so that a dot in the root is not taken for one
         ext = self.output_ext if self.output_ext.startswith(".") else f".{self.output_ext}"
-        return str(Path(output_dir) / f"{root}_{suffix}{ext}")
+        return f"{root}{ext}"
 
     def pipeline_executor(self):
         """The pipeline's :class:`~drizzlepipe.execution.Executor` when this step runs inside a

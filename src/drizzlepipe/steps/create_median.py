@@ -115,7 +115,7 @@ class CreateMedianStep(DrizStep):
         if result.n_empty == npix:
             log.warning("The median rejected every pixel")
         if self.save_results:
-            median.save(self.product_path(self.product_name(), "med"))
+            self.save_product(median, self.product_name(), "med")
         return median
 
     def _product(self, image, weight, items):

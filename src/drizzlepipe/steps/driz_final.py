@@ -173,5 +173,5 @@ class DrizFinalStep(DrizStep):
             100.0 * covered.mean(),
         )  # fmt: skip
         if self.save_results:
-            model.save(self.product_path(self.product_name(library), "drz"))
+            self.save_product(model, self.product_name(library), "drz")
         return model

@@ -101,7 +101,7 @@ class DrizSeparateStep(DrizStep):
                         continue
                     root = exposure_product_root(single.meta.group_id)
                     if save:
-                        single = single.save(self.product_path(root, "single"))
+                        single = self.save_product(single, root, "single")
                     elif spill is not None:
                         single = single.save(str(spill / f"{root}_single.fits"))
                     singles.append(single)
