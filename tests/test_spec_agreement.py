@@ -69,3 +69,23 @@ def test_lanczos2_is_offered_and_the_drizzle_steps_share_their_grid_parameters()
     for name in grid:
         assert separate[name] == final[name], name
         assert separate.inline_comments[name] == final.inline_comments[name], name
+
+
+def test_the_parameter_template_holds_every_default():
+    # cfg/drizzle_pipeline.asdf is documented as every parameter at its default: it must not
+    # drift from the specs (a step's good_bits '0' left there would override the pipeline's)
+    from pathlib import Path
+
+    import asdf
+
+    from drizzlepipe.pipelines import DrizzlePipeline
+
+    template = Path(__file__).resolve().parents[1] / "cfg" / "drizzle_pipeline.asdf"
+    with asdf.open(template) as handle:
+        parameters = dict(handle.tree["parameters"])
+        steps = {name: dict(handle.tree["steps"][i]["parameters"])
+                 for i, name in enumerate(s["name"] for s in handle.tree["steps"])}  # fmt: skip
+    defaults = DrizzlePipeline().get_pars(full_spec=True)
+    expected_steps = defaults.pop("steps")
+    assert parameters == defaults
+    assert steps == expected_steps
