@@ -176,10 +176,13 @@ class ModelLibrary(AbstractModelLibrary):
 
     def _datamodels_open(self, filename, **kwargs):
         is_temp_copy = self._on_disk and Path(filename).parent.parent == self._temp_path
-        model = _open_chip(filename, is_temp_copy, kwargs, remember_source=self._on_disk)
-        if not self._on_disk:
-            # in memory: the chip's state; its pixels are read from the file when a step uses
-            # them and dropped again when the chip is shelved (drizzlepipe.datamodels.pixels)
+        if self._on_disk:
+            return _open_chip(filename, is_temp_copy, kwargs, remember_source=True)
+        # in memory: the chip's state; its pixels are read from the file when a step uses them
+        # and dropped again when the chip is shelved (drizzlepipe.datamodels.pixels). HST
+        # readers leave them in the file from the start; other chips are read whole first.
+        model = _open_chip(filename, False, {**kwargs, "pixels": False}, remember_source=False)
+        if model.__dict__.get("_pixel_source") is None:
             attach_pixel_source(model, filename, kwargs)
             release_pixels(model)
         return model

@@ -105,16 +105,23 @@ class PixelSource:
                 self.names = tuple(other for other in self.names if other != name)
 
 
-def attach_pixel_source(model, name, options):
+def attach_pixel_source(model, name, options, *, names=None, shape=None):
     """Make the input arrays of ``model`` (read from ``name`` with reader ``options``) come from
-    the file from now on: they become read-only and are dropped by :func:`release_pixels`."""
-    names = tuple(n for n in PIXEL_ARRAYS if isinstance(model._instance.get(n), np.ndarray))
-    shape = tuple(model._instance["data"].shape)
+    the file from now on: they become read-only and are dropped by :func:`release_pixels`.
+
+    ``names`` and ``shape``: the arrays the file provides and the shape of ``data``, for a
+    model read without them (default: those the model holds)."""
+    if names is None:
+        names = tuple(n for n in PIXEL_ARRAYS if isinstance(model._instance.get(n), np.ndarray))
+    if shape is None:
+        shape = model._instance["data"].shape
+    names, shape = tuple(names), tuple(int(n) for n in shape)
     source = PixelSource(str(name), dict(options), names, shape, _stamp(name))
     for array_name in names:
-        array = model._instance[array_name]
-        array.flags.writeable = False
-        source.loaded[array_name] = array
+        array = model._instance.get(array_name)
+        if array is not None:
+            array.flags.writeable = False
+            source.loaded[array_name] = array
     model.__dict__["_pixel_source"] = source
     return source
 

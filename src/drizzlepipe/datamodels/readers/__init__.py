@@ -103,7 +103,8 @@ def _open_asdf(path):
     return _open_own(cls, path)
 
 
-def open_path(name, *, units=None, exptime=None, gain=None, readnoise=None, resetbits=None):
+def open_path(name, *, units=None, exptime=None, gain=None, readnoise=None, resetbits=None,
+              pixels=True):  # fmt: skip
     """Open one file (or one chip of it) as drizzlepipe model(s).
 
     Parameters
@@ -121,6 +122,10 @@ def open_path(name, *, units=None, exptime=None, gain=None, readnoise=None, rese
     resetbits : int or str, optional
         DQ bits cleared in memory (``"auto"``: see
         :func:`~drizzlepipe.datamodels.dqflags.resetbits_value`); the file is never touched.
+    pixels : bool, optional
+        False: HST chips come without their input arrays (SCI, ERR, TIME), which are read from
+        the file when used (:mod:`drizzlepipe.datamodels.pixels`); shapes are checked now.
+        Other files are read whole either way.
 
     Returns
     -------
@@ -159,7 +164,7 @@ def open_path(name, *, units=None, exptime=None, gain=None, readnoise=None, rese
             return read_plain_fits(hdulist, path, **options)
     if jwst:
         return read_jwst_image(path, **options)
-    return read_hst_file(path, selector, **options)
+    return read_hst_file(path, selector, pixels=pixels, **options)
 
 
 def read_pixel_arrays(name, names, options):

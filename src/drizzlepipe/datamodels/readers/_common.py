@@ -75,6 +75,29 @@ def reading(path, extension=None):
         raise DrizzlepipeInputError(path, problem, extension) from None
 
 
+def image_shape(hdu, path, extension, expected_shape=None):
+    """The 2-D shape of an image HDU from its header, checked as :func:`image_array` checks the
+    array (without reading it)."""
+    header = hdu.header
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0 and "PIXVALUE" in header and "NPIX1" in header and "NPIX2" in header:
+        shape = (int(header["NPIX2"]), int(header["NPIX1"]))
+    elif naxis == 0:
+        raise DrizzlepipeInputError(path, "extension holds no data", extension)
+    elif naxis != 2:
+        dims = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))
+        raise DrizzlepipeInputError(
+            path, f"expected a 2-D image, found {naxis} dimensions {dims}", extension
+        )
+    else:
+        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise DrizzlepipeInputError(
+            path, f"shape {shape} differs from the SCI shape {tuple(expected_shape)}", extension
+        )
+    return shape
+
+
 def image_array(hdu, path, extension, dtype, expected_shape=None):
     """Return the 2-D array of an image HDU as ``dtype`` (a copy, so the file is never touched).
 

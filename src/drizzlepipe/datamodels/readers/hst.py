@@ -24,6 +24,7 @@ from astropy.io import fits
 from ...exceptions import DrizzlepipeInputError
 from ..models import ImageModel
 from ..naming import exposure_root, strip_extension
+from ..pixels import attach_pixel_source
 from ._common import (
     carried_cards,
     celestial_wcs,
@@ -31,6 +32,7 @@ from ._common import (
     exposure_time,
     first_keyword,
     image_array,
+    image_shape,
     open_fits,
     photometry_from,
     reading,
@@ -95,7 +97,7 @@ def _companion_dq(dq_path, extver, path, shape):
 
 
 def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
-                  readnoise=None, resetbits=None):  # fmt: skip
+                  readnoise=None, resetbits=None, pixels=True):  # fmt: skip
     """Read SCI/ERR/DQ (and TIME) of one chip of an HST exposure into an :class:`ImageModel`.
 
     Parameters
@@ -114,6 +116,9 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
         Gain [e-/DN] and read noise [e-] overriding the instrument's.
     resetbits : int, optional
         DQ bits cleared in the chip (in memory; the file is not touched).
+    pixels : bool, optional
+        False: SCI, ERR and TIME are left in the file and read when used (a pixel source is
+        attached, :mod:`drizzlepipe.datamodels.pixels`); their shapes are checked now.
 
     Returns
     -------
@@ -128,10 +133,18 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     primary = hdulist[0].header
     # STIS keeps EXPTIME/EXPSTART of each imset in its SCI header: the SCI header comes first
     headers = (sci.header, primary)
-    pixels = read_hst_pixels(hdulist, path, extver)
-    data, err, time_map = pixels["data"], pixels["err"], pixels.get("time")
-    shape = data.shape
     has_err = ("ERR", extver) in hdulist
+    if pixels:
+        arrays = read_hst_pixels(hdulist, path, extver)
+        shape = arrays["data"].shape
+    else:  # read from the file when used (drizzlepipe.datamodels.pixels): shapes checked now
+        with reading(path, ext):
+            shape = image_shape(sci, path, ext)
+        arrays = {}
+        for name in ("ERR", "TIME"):
+            if (name, extver) in hdulist:
+                with reading(path, f"{name},{extver}"):
+                    image_shape(hdulist[name, extver], path, f"{name},{extver}", shape)
     dq_path = companion_dq_file(path, primary)
     if dq_path is not None and dq_path.is_file():
         dq = _companion_dq(dq_path, extver, path, shape)
@@ -153,9 +166,7 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
         bunit = chip_detector.native_bunit
     kind, electrons, bunit = units_from(bunit, path, ext, units, gain)
 
-    model = ImageModel(data=data, dq=dq, err=err)
-    if time_map is not None:
-        model.time = time_map
+    model = ImageModel(dq=dq, **arrays)
     meta = model.meta
     meta.filename = path.name
     meta.telescope = "HST"
@@ -193,6 +204,11 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     meta.source.path = str(path.resolve())
     meta.source.format = "hst"
     meta.source.extension = ext
+    if not pixels:
+        names = ("data", "err", "time") if ("TIME", extver) in hdulist else ("data", "err")
+        options = {"units": units, "exptime": exptime, "gain": gain, "readnoise": readnoise,
+                   "resetbits": resetbits}  # fmt: skip
+        attach_pixel_source(model, f"{path}[{ext}]", options, names=names, shape=shape)
     return model
 
 
@@ -230,7 +246,8 @@ def _filter_name(primary):
 
 
 def read_hst_file(path, selector=None, **options):
-    """All chips of an HST file (or the one ``selector`` names), as :func:`read_hst_chip`."""
+    """All chips of an HST file (or the one ``selector`` names), as :func:`read_hst_chip`
+    (``pixels=False``: their input arrays are read from the file when used)."""
     with open_fits(path) as hdulist:
         with reading(path):
             versions = sci_extvers(hdulist)
