@@ -163,14 +163,17 @@ _PSS_INTERVAL = 2.0
 class _RssSampler:
     """Background thread recording the peak RSS of a process (tree) every ``interval`` s."""
 
-    def __init__(self, pid: int, interval: float, include_children: bool):
+    def __init__(self, pid: int, interval: float, include_children: bool,
+                 interval_with_children: float = _PSS_INTERVAL):  # fmt: skip
         self._process = psutil.Process(pid)
         self._interval = interval
+        self._interval_with_children = interval_with_children
         self._include_children = include_children
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self.peak_bytes = 0
         self.samples = 0
+        self.series: list[tuple[float, int]] = []  # (time.time(), bytes) of every sample
 
     def sample(self) -> None:
         try:
@@ -179,25 +182,28 @@ class _RssSampler:
             return  # the watched process has ended: its last reading stands
         self.samples += 1
         self.peak_bytes = max(self.peak_bytes, rss)
+        self.series.append((time.time(), rss))
 
     def _run(self) -> None:
         while not self._stop.wait(self._wait()):
             self.sample()
 
     def _wait(self) -> float:
-        """Seconds to the next sample: ``interval``, but at least ``_PSS_INTERVAL`` (2 s) while
-        the process has children. Their proportional set sizes come from
-        /proc/<pid>/smaps_rollup, which walks every page table of a process holding its
-        memory-map lock and slows the measured run's page faults: on the four UVIS exposures
-        polling every 20 ms gave 37 s instead of 22-29 s, and every 0.25 s still 26-30 s
-        against 20-21 s every 2 s (same machine, same hour; the same runs without any sampler
-        18.5-20.7 s). The peak, a plateau of several seconds in the final drizzle, read the
-        same at 0.25 s and 2 s (2095 and 2098-2100 MiB)."""
+        """Seconds to the next sample: ``interval``, but at least ``interval_with_children``
+        (default ``_PSS_INTERVAL``, 2 s) while the process has children. Their proportional
+        set sizes come from /proc/<pid>/smaps_rollup, which walks every page table of a
+        process holding its memory-map lock and slows the measured run's page faults: on the
+        four UVIS exposures polling every 20 ms gave 37 s instead of 22-29 s, and every 0.25 s
+        still 26-30 s against 20-21 s every 2 s (same machine, same hour; the same runs without
+        any sampler 18.5-20.7 s). The peak, a plateau of several seconds in the final drizzle,
+        read the same at 0.25 s and 2 s (2095 and 2098-2100 MiB)."""
         try:
             has_children = self._include_children and bool(self._process.children())
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             has_children = False
-        return max(self._interval, _PSS_INTERVAL) if has_children else self._interval
+        if has_children:
+            return max(self._interval, self._interval_with_children)
+        return self._interval
 
     def __enter__(self) -> _RssSampler:
         self.sample()
@@ -314,6 +320,55 @@ class StepTimes:
     total_s: float | None
 
 
+_AD_STEP_EVENT = re.compile(
+    r"Processing Step '(?P<name>[^']+)' (?P<event>started|finished) at "
+    r"(?P<time>\d\d:\d\d:\d\d(?:\.\d+)?) \((?P<date>\d\d/\d\d/\d{4})\)"
+)
+_OURS_STEP_EVENT = re.compile(
+    r"^(?P<asctime>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*?Step (?P<name>\w+) finished in "
+    r"(?P<seconds>[0-9.]+) s",
+    re.MULTILINE,
+)
+
+
+def astrodrizzle_step_windows(log_text: str) -> dict[str, tuple[float, float]]:
+    """``{step key: (start, end)}`` (``time.time()`` seconds) of every AstroDrizzle step, from
+    its log's "Processing Step '...' started/finished at" lines (local time)."""
+    starts, windows = {}, {}
+    for match in _AD_STEP_EVENT.finditer(log_text):
+        squeezed = re.sub(r"[^a-z]", "", match.group("name").lower())
+        key = _ASTRODRIZZLE_STEP_NAMES.get(squeezed, squeezed)
+        clock = match.group("time")
+        when = time.strptime(f"{match.group('date')} {clock[:8]}", "%d/%m/%Y %H:%M:%S")
+        stamp = time.mktime(when) + float(clock[8:] or 0.0)
+        if match.group("event") == "started":
+            starts[key] = stamp
+        elif key in starts:
+            windows[key] = (starts.pop(key), stamp)
+    return windows
+
+
+def drizzlepipe_step_windows(log_text: str) -> dict[str, tuple[float, float]]:
+    """``{step name: (start, end)}`` (``time.time()`` seconds) from drizzlepipe's
+    "Step <name> finished in <s> s" lines logged with ``%(asctime)s`` first (local time)."""
+    windows = {}
+    for match in _OURS_STEP_EVENT.finditer(log_text):
+        clock, millis = match.group("asctime").split(",")
+        end = time.mktime(time.strptime(clock, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000.0
+        windows[match.group("name")] = (end - float(match.group("seconds")), end)
+    return windows
+
+
+def peaks_in_windows(series, windows) -> dict[str, float | None]:
+    """The largest sample of ``series`` (``(time, bytes)``) inside each window, MiB; None for a
+    window no sample fell in."""
+    peaks = {}
+    for name, (start, end) in windows.items():
+        inside = [value for stamp, value in series if start <= stamp <= end]
+        peaks[name] = max(inside) / MIB if inside else None
+    return peaks
+
+
 def parse_astrodrizzle_step_times(log_text: str) -> StepTimes:
     """Read the per-step elapsed times from an AstroDrizzle log (the last timing table in it).
 
@@ -393,6 +448,8 @@ class AstroDrizzleRun:
         ``*_blt.fits`` still present after the run (``clean=True`` removes them).
     new_files : list of Path
         Every file in ``workdir`` the run created or modified.
+    step_peak_mib : dict of str to float or None
+        Largest memory sample (MiB) inside each step's window of the log (:data:`STEP_KEYS`).
     """
 
     total_s: float
@@ -414,6 +471,7 @@ class AstroDrizzleRun:
     single_wht: list[Path] = field(default_factory=list)
     blots: list[Path] = field(default_factory=list)
     new_files: list[Path] = field(default_factory=list)
+    step_peak_mib: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def product(self) -> Path:
@@ -625,6 +683,9 @@ def run_astrodrizzle(
         log_path=log_path,
         input_copies=input_copies,
         new_files=new_files,
+        step_peak_mib=peaks_in_windows(
+            sampler.series, astrodrizzle_step_windows(log_path.read_text())
+        ),
         **outputs,
     )
 
@@ -662,6 +723,7 @@ def print_side_by_side(
     peak_rss_mib: tuple[float | None, float | None] | None = None,
     title: str | None = None,
     file: TextIO | None = None,
+    unit: str = "s",
 ) -> str:
     """Print a fixed-width table: step, drizzlepipe s, AstroDrizzle s, ratio (AD/ours).
 
@@ -676,19 +738,21 @@ def print_side_by_side(
         A line printed above the table.
     file : text stream, optional
         Where to print (default ``sys.stdout``).
+    unit : str, optional
+        Unit of the values: ``"s"`` (3 decimals) or ``"MiB"`` (none).
 
     Returns
     -------
     str
         The printed text.
     """
-    header = f"{'step':<16}{'drizzlepipe s':>15}{'AstroDrizzle s':>16}{'AD/ours':>9}"
+    header = f"{'step':<16}{f'drizzlepipe {unit}':>15}{f'AstroDrizzle {unit}':>16}{'AD/ours':>9}"
+    fmt = ".3f" if unit == "s" else ".0f"
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
     for label, ours, theirs in rows:
         lines.append(
-            f"{label:<16}{_cell(ours, '.3f'):>15}{_cell(theirs, '.3f'):>16}"
-            f"{_ratio(ours, theirs):>9}"
+            f"{label:<16}{_cell(ours, fmt):>15}{_cell(theirs, fmt):>16}{_ratio(ours, theirs):>9}"
         )
     if peak_rss_mib is not None:
         ours_rss, theirs_rss = peak_rss_mib

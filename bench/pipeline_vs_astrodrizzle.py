@@ -81,7 +81,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,9 @@ from _harness import (
     SKYPAC_PATCH,
     _RssSampler,
     cpu_model,
+    drizzlepipe_step_windows,
     measure,
+    peaks_in_windows,
     print_side_by_side,
     run_astrodrizzle,
 )
@@ -297,6 +299,7 @@ class OursRun:
     polled_peak_rss_mib: float
     output_dir: str
     log_path: str
+    step_peak_mib: dict = field(default_factory=dict)  # step name -> MiB (None: no sample)
 
 
 def _ours_worker(spec_file, report_file):
@@ -352,10 +355,14 @@ def _ours_worker(spec_file, report_file):
 
 def run_drizzlepipe(
     flt_files, workdir, sky_method, in_memory=None, profile=False, scheduler=None, steps=None,
+    sample_interval=None,
 ):  # fmt: skip
     """Run ``DrizzlePipeline`` on ``flt_files`` in a fresh process; products in ``workdir``.
 
-    ``steps``: step parameters (default: :func:`drizzlepipe_step_parameters`)."""
+    ``steps``: step parameters (default: :func:`drizzlepipe_step_parameters`).
+    ``sample_interval``: seconds between two memory samples of the process tree while it has
+    worker processes (default: the harness's 2 s; finer sampling slows the run, see
+    ``_harness._RssSampler``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for old in workdir.glob("*.fits"):
         old.unlink()
@@ -378,15 +385,18 @@ def run_drizzlepipe(
     start = time.perf_counter()
     with (workdir / "_stdout.txt").open("w") as console:
         child = subprocess.Popen(command, cwd=workdir, stdout=console, stderr=subprocess.STDOUT)
-        with _RssSampler(child.pid, 0.02, include_children=True) as sampler:
+        with _RssSampler(child.pid, 0.02, include_children=True,
+                         **({"interval_with_children": sample_interval}
+                            if sample_interval else {})) as sampler:  # fmt: skip
             returncode = child.wait()
     process_wall_s = time.perf_counter() - start
     if returncode != 0 or not report_file.exists():
         tail = (workdir / "_stdout.txt").read_text()[-3000:]
         raise RuntimeError(f"drizzlepipe failed (exit {returncode}):\n{tail}")
     report = json.loads(report_file.read_text())
+    log_text = Path(spec["log"]).read_text()
     step_s = {}
-    for match in _STEP_LINE.finditer(Path(spec["log"]).read_text()):
+    for match in _STEP_LINE.finditer(log_text):
         step_s[match.group("name")] = float(match.group("seconds"))
     maxrss = max(report["maxrss_self_mib"], report["measured_peak_rss_mib"])
     return OursRun(
@@ -400,6 +410,7 @@ def run_drizzlepipe(
         polled_peak_rss_mib=sampler.peak_mib,
         output_dir=str(workdir),
         log_path=spec["log"],
+        step_peak_mib=peaks_in_windows(sampler.series, drizzlepipe_step_windows(log_text)),
     )
 
 
@@ -604,12 +615,18 @@ def median_run(runs):
         name: statistics.median(run.step_s[name] for run in runs if name in run.step_s)
         for name in steps
     }
+    step_peaks = {}
+    for run in runs:
+        for name, peak in run.step_peak_mib.items():
+            if peak is not None:
+                step_peaks[name] = max(peak, step_peaks.get(name) or 0.0)
     return replace(
         runs[-1],
         total_s=statistics.median(run.total_s for run in runs),
         process_wall_s=statistics.median(run.process_wall_s for run in runs),
         step_s=step_s,
         peak_rss_mib=max(run.peak_rss_mib for run in runs),
+        step_peak_mib=step_peaks,
     )
 
 
@@ -639,6 +656,25 @@ def print_repeats(pairs):
     print("('!': below the issue's ratio in that run)")
 
 
+def _largest(peaks, names):
+    values = [peaks.get(name) for name in names if peaks.get(name) is not None]
+    return max(values) if values else None
+
+
+def print_step_memory(ours, peer):
+    """Peak memory within each step (largest sample in the step's window of the log)."""
+    rows = [(label, _largest(ours.step_peak_mib, ours_names), _largest(peer.step_peak_mib, ad))
+            for label, ours_names, ad in TABLE_ROWS]  # fmt: skip
+    print()
+    print_side_by_side(
+        rows,
+        title="Peak memory within each step, MiB (largest sample in the step's window; our tree "
+        "every 2 s while workers run unless --step-memory gave a finer run, AstroDrizzle every "
+        "0.02 s; '-': no sample in the window). The ratio column is AD/ours.",
+        unit="MiB",
+    )
+
+
 def print_report(ours, peer, scores, agreement, skies, sky_method, grid):
     rows = [
         (label, _sum(ours.step_s, ours_names), _sum(peer.step_s, ad_names))
@@ -663,6 +699,7 @@ def print_report(ours, peer, scores, agreement, skies, sky_method, grid):
         f"AstroDrizzle blot {peer.step_s['blot']:.2f} s + driz_cr {peer.step_s['driz_cr']:.2f} s;"
         f" initialization {peer.step_s.get('initialization', float('nan')):.2f} s"
     )
+    print_step_memory(ours, peer)
     print(
         f"peak RSS drizzlepipe {ours.peak_rss_mib:.0f} MiB (after imports "
         f"{ours.baseline_rss_mib:.0f}), AstroDrizzle {peer.peak_rss_mib:.0f} MiB (after imports"
@@ -715,6 +752,11 @@ def print_report(ours, peer, scores, agreement, skies, sky_method, grid):
     print(
         f"  {'peak RSS <= 1 GB (953.7 MiB)':<34} {ours.peak_rss_mib:7.0f} MiB: "
         f"{_verdict(ours.peak_rss_mib <= GIB)}"
+    )
+    print(
+        f"  {'peak <= AD peak (issue 17)':<34} {ours.peak_rss_mib:7.0f} MiB vs "
+        f"{peer.peak_rss_mib:.0f} MiB ({ours.peak_rss_mib / peer.peak_rss_mib:.2f}x): "
+        f"{_verdict(ours.peak_rss_mib <= peer.peak_rss_mib)}"
     )
     print(
         f"  {'CR recall >= AD':<34} {ours_score.recall:.4f} vs {peer_score.recall:.4f}: "
@@ -775,6 +817,12 @@ def main(argv=None):
         action="store_true",
         help="start both pipelines with NumPy's AVX2 sort on AMD Zen 4, as drizzlepipe advises "
         "there (default: NumPy's default, what `strun` gets; see drizzlepipe.numpy_tuning)",
+    )
+    parser.add_argument(
+        "--step-memory",
+        action="store_true",
+        help="run drizzlepipe once more with its process tree sampled every 0.05 s for the "
+        "per-step memory table (that run's times are not used: fine sampling slows it)",
     )
     parser.add_argument("--ours-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -848,6 +896,16 @@ def main(argv=None):
     if len(pairs) > 1:
         print_repeats(pairs)
         ours, peer = median_run([o for _, o, _ in pairs]), median_run([p for _, _, p in pairs])
+    if args.step_memory:
+        print("Running drizzlepipe once more, sampled every 0.05 s, for the per-step memory ...")
+        finely = run_drizzlepipe(
+            simulation.flt_files, workdir / "drizzlepipe_memory", args.sky_method,
+            in_memory=False if args.ours_on_disk else None, scheduler=args.scheduler,
+            steps=drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
+            sample_interval=0.05,
+        )  # fmt: skip
+        ours = replace(ours, step_peak_mib=finely.step_peak_mib)
+        print(f"  its peak {finely.peak_rss_mib:.0f} MiB")
 
     ours_dir = Path(ours.output_dir)
 

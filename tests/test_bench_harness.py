@@ -156,6 +156,36 @@ def test_print_side_by_side_ratio_and_missing_values():
     assert len(widths) == 1
 
 
+def test_step_windows_from_both_logs_and_the_peak_inside_each():
+    # AstroDrizzle's "Processing Step" lines (local time) and drizzlepipe's "Step <name>
+    # finished in <s> s" lines (asctime first) become windows of time.time() seconds
+    ad_log = (
+        "==== Processing Step 'Static Mask' started at 21:53:30.565 (06/12/2026)\n"
+        "[INFO    ] ==== Processing Step 'Static Mask' finished at 21:53:32.366 (06/12/2026)\n"
+        "==== Processing Step 'Driz_CR' started at 21:54:04.062 (06/12/2026)\n"
+        "[INFO    ] ==== Processing Step 'Driz_CR' finished at 21:54:15.179 (06/12/2026)\n"
+    )
+    windows = harness.astrodrizzle_step_windows(ad_log)
+    start = time.mktime(time.strptime("06/12/2026 21:53:30", "%d/%m/%Y %H:%M:%S")) + 0.565
+    assert set(windows) == {"static_mask", "driz_cr"}
+    assert windows["static_mask"] == pytest.approx((start, start + 1.801), abs=1e-6)
+    ours_log = (
+        "2026-12-06 21:05:29,259 drizzlepipe.pipelines.drizzle_pipeline INFO Step static_mask "
+        "finished in 0.84 s\n"
+        "2026-12-06 21:05:30,480 drizzlepipe.pipelines.drizzle_pipeline INFO Step sky_sub "
+        "finished in 1.22 s\n"
+    )
+    ours = harness.drizzlepipe_step_windows(ours_log)
+    end = time.mktime(time.strptime("2026-12-06 21:05:30", "%Y-%m-%d %H:%M:%S")) + 0.48
+    assert ours["sky_sub"] == pytest.approx((end - 1.22, end), abs=1e-6)
+    mib = harness.MIB
+    series = [(end - 1.5, 900 * mib), (end - 1.0, 700 * mib), (end - 0.1, 800 * mib)]
+    peaks = harness.peaks_in_windows(series, ours)
+    # the 900 MiB sample lies in the static mask's window, before the sky step began
+    assert peaks == {"static_mask": 900.0, "sky_sub": 800.0}
+    assert harness.peaks_in_windows([], ours)["sky_sub"] is None
+
+
 # --- AstroDrizzle end to end (peer) -------------------------------------------------------------
 
 # Header values taken from a real WFC3/UVIS FLC (hst_11665_06_wfc3_uvis_f555w_ib4606c6_flc).

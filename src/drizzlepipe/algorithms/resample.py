@@ -784,7 +784,7 @@ class DrizzleAccumulator:
         context_id = self._next_context_id(context_id)
 
         # Bad pixels: weight 0 (their data and variance are replaced in the rows drizzle is
-        # given, :meth:`_drizzle_input`). Only this mask covers the whole chip.
+        # given, _ChipRows.rows). Only this mask covers the whole chip.
         finite = np.isfinite(data)
         good = finite if bad_mask is None else _good_pixels(shape, bad_mask, None) & finite
         del finite
