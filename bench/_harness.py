@@ -746,19 +746,19 @@ def print_side_by_side(
     str
         The printed text.
     """
-    header = f"{'step':<16}{f'drizzlepipe {unit}':>15}{f'AstroDrizzle {unit}':>16}{'AD/ours':>9}"
+    header = f"{'step':<16}{f'drizzlepipe {unit}':>16}{f'AstroDrizzle {unit}':>17}{'AD/ours':>9}"
     fmt = ".3f" if unit == "s" else ".0f"
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
     for label, ours, theirs in rows:
         lines.append(
-            f"{label:<16}{_cell(ours, fmt):>15}{_cell(theirs, fmt):>16}{_ratio(ours, theirs):>9}"
+            f"{label:<16}{_cell(ours, fmt):>16}{_cell(theirs, fmt):>17}{_ratio(ours, theirs):>9}"
         )
     if peak_rss_mib is not None:
         ours_rss, theirs_rss = peak_rss_mib
         lines.append("-" * len(header))
         lines.append(
-            f"{'peak RSS MiB':<16}{_cell(ours_rss, '.0f'):>15}{_cell(theirs_rss, '.0f'):>16}"
+            f"{'peak RSS MiB':<16}{_cell(ours_rss, '.0f'):>16}{_cell(theirs_rss, '.0f'):>17}"
             f"{_ratio(ours_rss, theirs_rss):>9}"
         )
     text = "\n".join(lines) + "\n"

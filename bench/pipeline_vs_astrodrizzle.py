@@ -731,7 +731,7 @@ def print_report(ours, peer, scores, agreement, skies, sky_method, grid):
         f"{skies['ours_max_abs_error_e']:.3f} e-, AD {skies['astrodrizzle_max_abs_error_e']:.3f} e-"
     )
     print()
-    print("Targets (issues 3, 4, 6, 7):")
+    print("Targets (issues 3, 4, 6, 7, 17):")
     static_sky = (_sum(ours.step_s, ("static_mask", "sky_sub")),
                   _sum(peer.step_s, ("static_mask", "sky")))  # fmt: skip
     checks = [

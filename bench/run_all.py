@@ -28,7 +28,7 @@ BENCHMARKS = (
 
 #: Arguments some scripts get: the pipeline comparison reports per-step medians of three
 #: alternating runs of each pipeline (single runs swing by +-20% with this VM).
-EXTRA_ARGS = {"pipeline_vs_astrodrizzle.py": ["--repeat", "3"]}
+EXTRA_ARGS = {"pipeline_vs_astrodrizzle.py": ["--repeat", "3", "--step-memory"]}
 
 
 def main(argv=None):

@@ -39,7 +39,7 @@ from .association import (
 )
 from .models import DrizDataModel, ImageModel
 from .naming import exposure_root
-from .pixels import attach_pixel_source, release_pixels
+from .pixels import PIXEL_ARRAYS, attach_pixel_source, release_pixels
 from .readers import convert_jwst_model, open_path, split_selector
 from .readers._common import clear_bits
 from .units import electrons_per_unit
@@ -357,15 +357,15 @@ class ChipInfo:
 
 #: Suffix of an on-disk library's state files (see ModelLibrary.shelve).
 _STATE_SUFFIX = ".state.asdf"
-#: Arrays a state file does not hold: they are read from the input file.
-_INPUT_ARRAYS = ("data", "err", "time", "var_rnoise", "var_poisson", "var_flat")
+# A state file holds every array but the input arrays (PIXEL_ARRAYS): those are read from the
+# input file.
 
 
 def _fingerprint(model):
     """SHA-1 of the chip's data and error arrays (one pass over them): a changed array never
     passes for the input's by chance, as it could with a 32-bit checksum."""
     digest = hashlib.sha1(usedforsecurity=False)
-    for name in _INPUT_ARRAYS:
+    for name in PIXEL_ARRAYS:
         array = model._instance.get(name)
         if isinstance(array, np.ndarray):
             digest.update(f"{name}{array.dtype.str}{array.shape}".encode())
@@ -374,7 +374,7 @@ def _fingerprint(model):
 
 
 def _write_state(model, source, path):
-    tree = {key: value for key, value in model._instance.items() if key not in _INPUT_ARRAYS}
+    tree = {key: value for key, value in model._instance.items() if key not in PIXEL_ARRAYS}
     # the WCS never changes: the input's is read again with the chip, exactly as in memory
     # (an ASDF round trip would round its last digits)
     tree["meta"] = {key: value for key, value in tree["meta"].items() if key != "wcs"}

@@ -162,7 +162,7 @@ class ImageModel(DrizDataModel):
     schema_url = _SCHEMA_PREFIX + "image.schema"
 
     # A chip of a library may read its input arrays from its file when they are used
-    # (drizzlepipe.datamodels.pixels): the first access of one of them reads them.
+    # (drizzlepipe.datamodels.pixels): the first access of one of them reads that one.
 
     def __getattr__(self, attr):
         source = self.__dict__.get("_pixel_source")
