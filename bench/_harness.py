@@ -369,6 +369,26 @@ def peaks_in_windows(series, windows) -> dict[str, float | None]:
     return peaks
 
 
+def chip_overlap(path, other, margin: float = 3.0):
+    """Boolean mask of the pixels of ``path``'s first chip (``SCI,1``) whose centre lies at least
+    ``margin`` pixels inside ``other``'s first chip (both WCS from the files, distortion
+    included): where two exposures overlap, for comparing what each pipeline flags there."""
+    import numpy as np
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    def chip_wcs(name):
+        with fits.open(name) as hdulist:
+            return WCS(hdulist["SCI", 1].header, hdulist)
+
+    own, theirs = chip_wcs(path), chip_wcs(other)
+    ny, nx = fits.getval(path, "NAXIS2", ("SCI", 1)), fits.getval(path, "NAXIS1", ("SCI", 1))
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    x, y = theirs.all_world2pix(*own.all_pix2world(xx.ravel(), yy.ravel(), 0), 0)
+    inside = (x >= margin) & (x <= nx - 1 - margin) & (y >= margin) & (y <= ny - 1 - margin)
+    return inside.reshape(ny, nx)
+
+
 def parse_astrodrizzle_step_times(log_text: str) -> StepTimes:
     """Read the per-step elapsed times from an AstroDrizzle log (the last timing table in it).
 

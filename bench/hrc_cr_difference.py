@@ -39,26 +39,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from _harness import DEFAULT_PEER_PYTHON, REPO_ROOT, run_astrodrizzle
+from _harness import DEFAULT_PEER_PYTHON, REPO_ROOT, chip_overlap, run_astrodrizzle
 
 DATA = REPO_ROOT.parent / "shared" / "data" / "hrc_f606w"
 ROOTS = ("j8bt06nyq", "j8bt06o6q")
 CR_BIT = 4096
-
-
-def _chip_wcs(path):
-    with fits.open(path) as hdulist:
-        return WCS(hdulist["SCI", 1].header, hdulist)
-
-
-def overlap(path, other, margin=3.0):
-    """Pixels of ``path``'s chip whose centre lies at least ``margin`` px inside ``other``'s."""
-    own, theirs = _chip_wcs(path), _chip_wcs(other)
-    ny, nx = fits.getval(path, "NAXIS2", ("SCI", 1)), fits.getval(path, "NAXIS1", ("SCI", 1))
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    x, y = theirs.all_world2pix(*own.all_pix2world(xx.ravel(), yy.ravel(), 0), 0)
-    inside = (x >= margin) & (x <= nx - 1 - margin) & (y >= margin) & (y <= ny - 1 - margin)
-    return inside.reshape(ny, nx)
 
 
 def our_masks(files, out, **pipeline_args):
@@ -138,8 +123,8 @@ def main(argv=None):
         masks[label] = our_masks(files, work / f"ours_{number}", **options)
 
     scored = [
-        overlap(files[0], files[1]) & (fits.getdata(files[0], ("DQ", 1)) == 0),
-        overlap(files[1], files[0]) & (fits.getdata(files[1], ("DQ", 1)) == 0),
+        chip_overlap(files[0], files[1]) & (fits.getdata(files[0], ("DQ", 1)) == 0),
+        chip_overlap(files[1], files[0]) & (fits.getdata(files[1], ("DQ", 1)) == 0),
     ]
     flat = [fits.getval(f, "FLATCORR") for f in files]
     print(f"\nskies (AstroDrizzle MDRIZSKY, e-): {ad_sky}; FLATCORR: {flat}")

@@ -50,16 +50,6 @@ def _chip_wcs(path):
         return WCS(hdul["SCI", 1].header, hdul)
 
 
-def _overlap_on_chip(path, other, margin=3.0):
-    """Pixels of ``path``'s chip whose centre falls at least ``margin`` px inside ``other``'s."""
-    own, theirs = _chip_wcs(path), _chip_wcs(other)
-    ny, nx = fits.getval(path, "NAXIS2", ("SCI", 1)), fits.getval(path, "NAXIS1", ("SCI", 1))
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    x, y = theirs.all_world2pix(*own.all_pix2world(xx.ravel(), yy.ravel(), 0), 0)
-    inside = (x >= margin) & (x <= nx - 1 - margin) & (y >= margin) & (y <= ny - 1 - margin)
-    return inside.reshape(ny, nx)
-
-
 def _robust_sigma(values):
     values = values[np.isfinite(values)]
     return 1.4826 * np.median(np.abs(values - np.median(values)))
@@ -355,7 +345,7 @@ def _cr_masks(drizzlepipe_run, astrodrizzle_run):
         crmask = astrodrizzle_run.workdir / f"{root}_sci1_crmask.fits"
         theirs = fits.getdata(crmask) == 0  # AstroDrizzle's crmask: 1 good, 0 cosmic ray
         usable = fits.getdata(files[index], ("DQ", 1)) == 0
-        overlap = _overlap_on_chip(files[index], files[1 - index])
+        overlap = _harness().chip_overlap(files[index], files[1 - index])
         result.append((ours, theirs, usable, overlap))
     return result
 
