@@ -43,6 +43,7 @@ __all__ = [
     "build_association",
     "check_exposures",
     "footprint_estimate",
+    "instruments",
     "load_association",
     "model_records",
     "resolve_input_files",
@@ -363,7 +364,8 @@ def build_association(init, *, allow_mixed=False, options=None):
     -------
     dict
         ``{"products": [{"name": ..., "members": [...]}], "table_name": ...}`` with one
-        science member per chip and ``group_id`` set (the exposure's name).
+        science member per chip and ``group_id`` set (the exposure's name), ``sizes``
+        (:func:`footprint_estimate`) and ``instruments`` (:func:`instruments`).
     """
     name, table_name, base_dir = None, None, None
     if isinstance(init, (str, Path)) and str(init).lower().endswith(".json"):
@@ -407,7 +409,14 @@ def build_association(init, *, allow_mixed=False, options=None):
     if name or hst_product:
         product["name"] = name or hst_product
     return {"products": [product], "table_name": table_name,
-            "sizes": footprint_estimate(records)}  # fmt: skip
+            "sizes": footprint_estimate(records), "instruments": instruments(records)}  # fmt: skip
+
+
+def instruments(records):
+    """``[telescope, instrument, detector]`` of every record (one per exposure; per detector
+    for JWST, whose exposures span several), as the headers say them: what the pipeline's
+    ``preset=auto`` decides by (:mod:`drizzlepipe.presets`)."""
+    return [[record.telescope, record.instrument, record.detector] for record in records]
 
 
 def model_records(models):

@@ -33,6 +33,7 @@ from ._atomic import atomic_target
 from .association import (
     build_association,
     check_exposures,
+    instruments,
     load_association,
     model_records,
     resolve_input_files,
@@ -76,19 +77,39 @@ class ModelLibrary(AbstractModelLibrary):
             models = _flatten_models(init, open_kwargs.get("resetbits"))
             if not models:
                 raise DrizzlepipeInputError(None, "empty list of models")
-            check_exposures(model_records(models), allow_mixed=allow_mixed)
+            records = model_records(models)
+            check_exposures(records, allow_mixed=allow_mixed)
             super().__init__(models, on_disk=False, **open_kwargs)
             self._product_name = None
+            self._instruments = instruments(records)
             return
         else:
             asn = build_association(init, allow_mixed=allow_mixed, options=open_kwargs)
         super().__init__(asn, on_disk=on_disk, temp_directory=temp_directory, **open_kwargs)
         self._product_name = asn["products"][0].get("name")
+        self._instruments = asn.get("instruments")  # None in an association made by hand
 
     @property
     def product_name(self):
         """The association's product name (``products[0].name``), or None."""
         return self._product_name
+
+    @property
+    def instruments(self):
+        """``(telescope, instrument, detector)`` of the exposures, as their headers say them
+        (one per exposure; per detector for JWST, whose exposures span several): from the
+        headers read when the library was built, or, for an association made by hand, from
+        the chips (read once)."""
+        if self._instruments is None:
+            records = {}  # the first chip of a file speaks for it, as in model_records
+            with self:
+                for index in range(len(self)):
+                    model = self.borrow(index)
+                    for record in model_records([model]):
+                        records.setdefault((record.group_id, str(record.path)), record)
+                    self.shelve(model, index, modify=False)
+            self._instruments = instruments(records.values())
+        return [tuple(entry) for entry in self._instruments]
 
     @property
     def file_groups(self):
