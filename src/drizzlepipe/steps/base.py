@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from stpipe import Step
 
@@ -30,6 +31,7 @@ __all__ = [
     "KNOWN_SUFFIXES",
     "exposure_root",
     "open_step_input",
+    "filled_parameters",
     "ParameterDoc",
     "STPIPE_COMMON_PARAMETERS",
     "parameter_docs",
@@ -88,24 +90,34 @@ class DrizStep(Step):
     # drizzlepipe has no reference files: nothing to prefetch from CRDS.
     prefetch_references = False
 
+    #: The parameters a preset may set (:mod:`drizzlepipe.presets`) and their built-in values.
+    #: Their spec default is None, so that a value the user sets in any way (keyword, command
+    #: line, parameter file, attribute), even one equal to the built-in value, is told apart
+    #: from one left unset: None means the preset's value inside a pipeline that has one, else
+    #: this built-in value (AstroDrizzle's default), which :meth:`run` uses for the run.
+    builtin_defaults: ClassVar[dict] = {}
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _STEP_NAMES.add(cls.__name__)
 
     def run(self, *args):
-        """stpipe's ``run``; run on its own (not inside a pipeline), with the output directory
-        checked first (created when missing, written to once), removed again after a failure
-        if it created it and nothing was written (a failed run leaves no empty directory),
-        and one line with the time it took."""
-        if self.parent is not None:
-            return super().run(*args)
-        created = prepare_output_dir(self.output_dir) if self.output_dir else None
-        started = time.perf_counter()
-        try:
-            result = super().run(*args)
-        except BaseException:
-            remove_if_empty(created)
-            raise
+        """stpipe's ``run``, with the parameters still None in :attr:`builtin_defaults` at their
+        built-in values for the run (None again afterwards); run on its own (not inside a
+        pipeline), with the output directory checked first (created when missing, written to
+        once), removed again after a failure if it created it and nothing was written (a failed
+        run leaves no empty directory), and one line with the time it took."""
+        builtin = [(self, name, value) for name, value in self.builtin_defaults.items()]
+        with filled_parameters(builtin):
+            if self.parent is not None:
+                return super().run(*args)
+            created = prepare_output_dir(self.output_dir) if self.output_dir else None
+            started = time.perf_counter()
+            try:
+                result = super().run(*args)
+            except BaseException:
+                remove_if_empty(created)
+                raise
         log.info("%s finished in %.2f s", self.class_alias or type(self).__name__,
                  time.perf_counter() - started)  # fmt: skip
         return result
@@ -255,6 +267,34 @@ class DrizStep(Step):
             setattr(model.meta.cal_step, self.class_alias, status)
 
 
+@contextmanager
+def filled_parameters(assignments):
+    """Give the parameters that are None the values of ``assignments`` while the block runs,
+    and None again after it: a step keeps telling the values its user set from those left
+    unset, run after run.
+
+    Parameters
+    ----------
+    assignments : iterable of (object, str, object)
+        ``(step, parameter name, value)``; a parameter that is not None is left alone.
+
+    Yields
+    ------
+    list of (object, str, object)
+        The assignments made.
+    """
+    made = []
+    try:
+        for target, name, value in assignments:
+            if getattr(target, name) is None:
+                setattr(target, name, value)
+                made.append((target, name, value))
+        yield made
+    finally:
+        for target, name, _ in made:
+            setattr(target, name, None)
+
+
 def prepare_output_dir(output_dir):
     """Create ``output_dir`` if needed and check that files can be written in it.
 
@@ -333,14 +373,23 @@ def parameter_docs(step_class, *, common=False):
 
     spec = step_class.load_spec_file()
     validator = Validator()
+    builtin = getattr(step_class, "builtin_defaults", {})
     rows = []
     for name in spec.scalars:
-        if not common and name in STPIPE_COMMON_PARAMETERS:
+        # a common parameter a preset may set (static_mask's skip) is the step's own business
+        if not common and name in STPIPE_COMMON_PARAMETERS and name not in builtin:
             continue
         kind, args, kwargs, default = validator._parse_with_caching(spec[name])
         if kind == "option":
             kind = "option: " + ", ".join(str(a) for a in args)
         limits = ", ".join(f"{key} {value}" for key, value in kwargs.items())
         comment = (spec.inline_comments.get(name) or "").lstrip("#").strip()
-        rows.append(ParameterDoc(name, kind, str(default), comment, limits))
+        shown = str(default) if name not in builtin else preset_default_text(builtin[name])
+        rows.append(ParameterDoc(name, kind, shown, comment, limits))
     return rows
+
+
+def preset_default_text(value):
+    """How the documentation shows the default of a parameter a preset may set: its built-in
+    value, and that the spec's None stands for the preset's value."""
+    return f"None: the preset's, else {value!r}"

@@ -53,11 +53,11 @@ class BlotCRStep(DrizStep):
 
     spec = """
     median = string(default=None)  # Median product (FITS/ASDF) when not given as 2nd argument
-    interp = option('nearest', 'linear', 'poly3', 'poly5', 'lan3', 'lan5', default='poly5')  # Blot interpolant
+    interp = option('nearest', 'linear', 'poly3', 'poly5', 'lan3', 'lan5', default=None)  # Blot interpolant (None: the preset's, else poly5)
     sinscl = float(default=1.0)  # Sinc scale (kept for AstroDrizzle compatibility; unused)
-    snr = string(default='3.5 3.0')  # Signal-to-noise thresholds of the two passes
-    scale = string(default='1.2 0.7')  # Multipliers of the blot derivative of the two passes
-    noise = option('auto', 'detector', 'err', default='auto')  # Noise: gain/read noise, ERR, or auto (ERR for surface brightness)
+    snr = string(default=None)  # Signal-to-noise thresholds of the two passes (None: the preset's, else '3.5 3.0')
+    scale = string(default=None)  # Multipliers of the blot derivative of the two passes (None: the preset's, else '1.2 0.7')
+    noise = option('auto', 'detector', 'err', default=None)  # Noise: gain/read noise, ERR, or auto (ERR for surface brightness; None: the preset's, else auto)
     grow = integer(default=1, min=1)  # Width of the box grown around each cosmic ray (1 = none)
     ctegrow = integer(default=0, min=0)  # Pixels flagged along the readout direction
     crbit = integer(default=None)  # DQ value of cosmic rays (None: 4096 HST, OUTLIER+DO_NOT_USE JWST)
@@ -67,6 +67,7 @@ class BlotCRStep(DrizStep):
     corr = boolean(default=False)  # Write <root>_crclean.fits (cosmic rays replaced by the blot)
     median_noise = boolean(default=True)  # Count the median's own noise (False: as AstroDrizzle)
     """  # noqa: E501
+    builtin_defaults = {"interp": "poly5", "snr": "3.5 3.0", "scale": "1.2 0.7", "noise": "auto"}
 
     @classmethod
     def call(cls, *args, median=None, **kwargs):

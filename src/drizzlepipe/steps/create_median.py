@@ -37,11 +37,11 @@ class CreateMedianStep(DrizStep):
     class_alias = "create_median"
 
     spec = """
-    combine_type = option('minmed', 'iminmed', 'median', 'imedian', 'mean', 'imean', 'sum', 'sigclip', default='minmed')  # Combination
+    combine_type = option('minmed', 'iminmed', 'median', 'imedian', 'mean', 'imean', 'sum', 'sigclip', default=None)  # Combination (None: the preset's, else minmed)
     maskpt = float(default=0.7, min=0.0)  # Mask pixels with weight below maskpt x mean weight
     nsigma = string(default='4 3')  # minmed significances of the two passes
     nlow = integer(default=0, min=0)  # Lowest good values rejected per pixel (not minmed)
-    nhigh = integer(default=0, min=0)  # Highest good values rejected per pixel (not minmed)
+    nhigh = integer(default=None, min=0)  # Highest good values rejected per pixel (not minmed; None: the preset's, else 0)
     lthresh = float(default=None)  # Values below this are bad (count rate)
     hthresh = float(default=None)  # Values at or above this are bad (count rate)
     grow = integer(default=1, min=0)  # minmed: radius of the second-pass box
@@ -51,6 +51,7 @@ class CreateMedianStep(DrizStep):
     sigma_high = float(default=3.0)  # sigclip: upper clipping limit [sigma]
     maxiters = integer(default=5, min=1)  # sigclip: clipping iterations
     """  # noqa: E501
+    builtin_defaults = {"combine_type": "minmed", "nhigh": 0}
 
     def process(self, singles):
         """Combine the single images into the median.

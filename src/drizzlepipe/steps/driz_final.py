@@ -40,7 +40,7 @@ class DrizFinalStep(DrizStep):
     class_alias = "driz_final"
 
     spec = """
-    weight_type = option('exptime', 'err', 'ivm', default='exptime')  # Input weighting
+    weight_type = option('exptime', 'err', 'ivm', default=None)  # Input weighting (None: the preset's, else exptime)
     kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='square')  # Drizzle kernel
     pixfrac = float(default=1.0, min=0.001)  # Drop size as a fraction of the input pixel
     fillval = string(default='NaN')  # Value where no input contributes: NaN, a number, INDEF (0)
@@ -60,6 +60,7 @@ class DrizFinalStep(DrizStep):
     stepsize = integer(default=10, min=1)  # Evaluate the WCS every stepsize pixels and interpolate
     max_pixels = integer(default=536870912, min=1)  # Largest output grid accepted [pixels] (2**29: 4 GiB for SCI+WHT)
     """  # noqa: E501
+    builtin_defaults = {"weight_type": "exptime"}
 
     def process(self, input_data):
         """Drizzle every chip of every exposure into the final product.

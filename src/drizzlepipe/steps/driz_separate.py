@@ -42,7 +42,7 @@ class DrizSeparateStep(DrizStep):
     class_alias = "driz_separate"
 
     spec = """
-    kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default='turbo')  # Drizzle kernel
+    kernel = option('square', 'point', 'turbo', 'gaussian', 'lanczos2', 'lanczos3', default=None)  # Drizzle kernel (None: the preset's, else turbo)
     pixfrac = float(default=1.0, min=0.001)  # Drop size as a fraction of the input pixel
     fillval = string(default=None)  # Value where no input contributes: None/INDEF (0), NaN, number
     good_bits = string(default=None)  # DQ bits treated as good ('4+8', '~4'; 'None': ignore DQ; None: the pipeline's good_bits, else '0')
@@ -56,6 +56,7 @@ class DrizSeparateStep(DrizStep):
     stepsize = integer(default=10, min=1)  # Evaluate the WCS every stepsize pixels and interpolate
     max_pixels = integer(default=536870912, min=1)  # Largest output grid accepted [pixels] (2**29: 4 GiB for SCI+WHT)
     """  # noqa: E501
+    builtin_defaults = {"kernel": "turbo"}
 
     def process(self, input_data):
         """Drizzle every exposure onto the common grid.

@@ -40,8 +40,8 @@ class SkySubStep(DrizStep):
     class_alias = "sky_sub"
 
     spec = """
-    method = option('localmin', 'globalmin', 'match', 'globalmin+match', 'user', default='localmin')  # Sky method
-    stat = option('median', 'mode', 'mean', 'midpt', default='median')  # Sky statistic
+    method = option('localmin', 'globalmin', 'match', 'globalmin+match', 'user', default=None)  # Sky method (None: the preset's, else localmin)
+    stat = option('median', 'mode', 'mean', 'midpt', default=None)  # Sky statistic (None: the preset's, else median)
     nclip = integer(default=5, min=0)  # Clipping iterations
     lsigma = float(default=4.0)  # Lower clipping limit [sigma]
     usigma = float(default=4.0)  # Upper clipping limit [sigma]
@@ -55,6 +55,7 @@ class SkySubStep(DrizStep):
     skyfile = string(default=None)  # File: 'image sky1 [sky2 ...]' per line, for method=user
     subtract = boolean(default=False)  # Subtract the sky from the data
     """  # noqa: E501
+    builtin_defaults = {"method": "localmin", "stat": "median"}
 
     def process(self, input_data):
         """Measure the sky of every chip (and subtract it with ``subtract=True``).

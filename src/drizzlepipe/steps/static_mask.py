@@ -41,7 +41,9 @@ class StaticMaskStep(DrizStep):
 
     spec = """
     sigma = float(default=4.0, min=0.0)  # Clip level in sigma below the mode
+    skip = boolean(default=None)  # Skip this step (None: the preset's, else False)
     """
+    builtin_defaults = {"skip": False}
 
     def process(self, input_data):
         """Build the static masks and attach them to the chips.
