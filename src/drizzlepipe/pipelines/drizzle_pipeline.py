@@ -6,7 +6,9 @@ single drizzled images, the median, and the final :class:`ResampledModel`, writt
 ``<name>_drz.fits`` where ``<name>`` is ``output_file``, else the association's product name,
 else ``final`` (AstroDrizzle's default).
 
-Before any work the pipeline checks what would otherwise fail late: the output directory is
+Before any work the pipeline chooses its parameter preset (``preset='auto'``: by instrument,
+detector and number of exposures, :mod:`drizzlepipe.presets`), which sets the parameters the
+user left at None, and checks what would otherwise fail late: the output directory is
 writable, the output grids are within ``max_pixels``, and the inputs are consistent (the
 library refuses duplicated exposures and mixed filters). Chips without a usable pixel (all NaN
 or all flagged) are reported and left out; the rest runs. DQ bits ``resetbits`` (the cosmic rays
@@ -27,6 +29,7 @@ import time
 
 import numpy as np
 
+from .. import presets
 from ..algorithms.stats import has_usable_pixel
 from ..datamodels import ModelLibrary, build_association, dqflags
 from ..datamodels.conversions import chip_label
@@ -63,9 +66,10 @@ class DrizzlePipeline(DrizPipeline):
     class_alias = "drizzle_pipeline"
 
     spec = """
+    preset = option('auto', 'none', 'few_exposures', 'many_exposures', 'undersampled', 'jwst_imaging', default='auto')  # Parameter preset for the parameters left at None (auto: chosen by instrument, detector and number of exposures; none: the built-in defaults, AstroDrizzle's); values set by the user win
     in_memory = boolean(default=None)  # Keep the chips' state in memory, pixels read from the files when used (False: state in temporary files, least RAM; None: the memory model decides)
     crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final where theirs is None (None: by mission)
-    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final where theirs is None (None: '0')
+    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final where theirs is None (None: the preset's, else '0')
     save_intermediates = boolean(default=False)  # Save the products of every step
     units = option('counts', 'countrate', 'surface_brightness', default=None)  # Units of inputs without (or with a wrong) BUNIT
     exptime = float(default=None)  # Exposure time [s] of inputs without one
@@ -109,9 +113,11 @@ class DrizzlePipeline(DrizPipeline):
         started = time.perf_counter()
         advise_once(log)
         library, workers = self._library(input_data)
-        # One executor (worker pool, scratch directory) shared by every step of the run, and
-        # one scratch directory for the singles an on-disk run keeps in files.
+        # The preset's values (chosen from the headers before any work) for the parameters the
+        # user left at None; one executor (worker pool, scratch directory) shared by every step
+        # of the run, and one scratch directory for the singles an on-disk run keeps in files.
         with (
+            presets.applied(self, library),
             Executor(self.scheduler or "auto", workers) as self.executor,
             tempfile.TemporaryDirectory(prefix="drizzlepipe-", dir=self.output_dir) as scratch,
         ):
