@@ -298,7 +298,7 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
     assert tree["class"] == "drizzlepipe.pipelines.DrizzlePipeline"
     assert [s["name"] for s in tree["steps"]] == list(cp.STEP_CLASSES)
     assert [s["class"] for s in tree["steps"]] == list(cp.STEP_CLASSES.values())
-    assert tree["parameters"] == {"crbit": 4096, "resetbits": "4096"}
+    assert tree["parameters"] == {"preset": "none", "crbit": 4096, "resetbits": "4096"}
     steps = _steps(tree)
     assert steps["static_mask"] == {"skip": False, "sigma": 4.0}
     assert steps["sky_sub"] == {
@@ -373,7 +373,7 @@ def test_convert_cfg_excerpt(filter_hap_cfg):
 def test_convert_hap_json_excerpt(acs_wfc_n6_json):
     tree, unmapped = cp.convert(cp.read_astrodrizzle_pars(acs_wfc_n6_json))
     steps = _steps(tree)
-    assert tree["parameters"] == {"crbit": 4096, "resetbits": "4096"}
+    assert tree["parameters"] == {"preset": "none", "crbit": 4096, "resetbits": "4096"}
     assert steps["sky_sub"]["good_bits"] == "80" and steps["sky_sub"]["method"] == "match"
     assert steps["driz_separate"]["kernel"] == "square"
     assert steps["driz_separate"]["good_bits"] == "336"

@@ -20,6 +20,9 @@ How the conversion works (:func:`convert`)
     * Every mapped parameter is written explicitly, including ``skip`` of every step, so the file
       documents the run. A value of None (or ``""`` for file names) is left out: stpipe then
       keeps our default, which for those parameters means the same thing as AstroDrizzle's None.
+    * ``preset='none'``: what the file leaves out (an unsupported value, a parameter AstroDrizzle
+      does not have) takes drizzlepipe's built-in default, never a preset's value chosen for the
+      data (:mod:`drizzlepipe.presets`): AstroDrizzle runs what its parameters say.
     * Step switches follow AstroDrizzle's auto-logic (``astrodrizzle.py:1300-1312``): ``driz_cr``
       turns ``blot`` on, ``blot`` turns ``median`` on, ``median`` turns ``driz_separate`` on. A
       step switched off but needed by a later one is kept on and reported. AstroDrizzle also
@@ -627,6 +630,7 @@ class _Converter:
     # -- global parameters --------------------------------------------------------------------
     def _globals(self):
         p = self.pars
+        self.put(None, "preset", "none")
         if p["output"]:
             self.put(None, "output_file", p["output"])
         if p["crbit"] is not None:
