@@ -47,12 +47,15 @@ CR_BIT = 4096
 
 
 def our_masks(files, out, **pipeline_args):
-    """Run DrizzlePipeline (``_crf`` copies written) and return each exposure's CR mask."""
+    """Run DrizzlePipeline (``_crf`` copies written) and return each exposure's CR mask; with
+    ``preset='none'`` unless asked otherwise, so that what is not passed has AstroDrizzle's
+    default value (preset 'auto' would choose few_exposures for the pair)."""
     from drizzlepipe.pipelines import DrizzlePipeline
 
     steps = {"blot_cr": {"save_results": True}}
     for step, values in pipeline_args.pop("steps", {}).items():
         steps.setdefault(step, {}).update(values)
+    pipeline_args.setdefault("preset", "none")
     DrizzlePipeline.call(
         [str(f) for f in files], steps=steps, output_dir=str(out), configure_log=False,
         **pipeline_args,

@@ -20,7 +20,9 @@ What it does, in one run:
    one function, :func:`score_cosmic_rays`), the agreement of the two final images, and the
    issue targets met or missed. Everything is also written to ``<workdir>/results.json``.
 
-Equivalent parameters (:data:`PARAMETER_MAP`; every value is passed explicitly to both):
+Equivalent parameters (:data:`PARAMETER_MAP`; every value is passed explicitly to both, and
+drizzlepipe runs with ``preset='none'``, so that a parameter not passed has its built-in default,
+AstroDrizzle's, not the value a preset chooses for the data):
 
 * sky: ``skymethod='globalmin+match'`` vs ``sky_sub.method='globalmin+match'`` by default
   (``--sky-method``). In ``.venv-peers`` stsci.skypac 1.0.12 calls
@@ -322,12 +324,15 @@ def _ours_worker(spec_file, report_file):
     report["baseline_rss_mib"] = psutil.Process().memory_info().rss / 2**20
 
     def call():
+        # preset 'none': what the steps leave unset means AstroDrizzle's defaults, whatever
+        # preset 'auto' would choose for the data (4 exposures: few_exposures)
         return DrizzlePipeline.call(
             spec["asn"],
             output_dir=spec["output_dir"],
             steps=spec["steps"],
             in_memory=spec["in_memory"],
             scheduler=spec["scheduler"],
+            preset="none",
         )
 
     if spec.get("profile"):

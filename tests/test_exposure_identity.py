@@ -40,7 +40,8 @@ def one_chip_simulation(tmp_path_factory):
 @pytest.fixture(scope="module")
 def original_recall(one_chip_simulation):
     """Cosmic-ray recall of the pipeline on the original (WFC3/UVIS-like) exposures: the
-    reference for the same exposures in other layouts (0.873 on this small set)."""
+    reference for the same exposures in other layouts (0.858 on this small set with the
+    few_exposures preset that ``preset='auto'`` chooses; 0.873 with ``preset='none'``)."""
     library = ModelLibrary([str(p) for p in one_chip_simulation.flt_files])
     DrizzlePipeline.call(library, steps={"sky_sub": {"method": "globalmin"}},
                          configure_log=False)  # fmt: skip
@@ -100,8 +101,8 @@ def test_stis_crsplit_cosmic_rays_are_found(one_chip_simulation, original_recall
     DrizzlePipeline.call(library, steps={"sky_sub": {"method": "globalmin"}},
                          configure_log=False)  # fmt: skip
     # before issue 16 the members were one exposure of three chips and nothing was found; now
-    # the recall is the originals' (0.873), less a little for STIS's larger read noise (5.4
-    # e- instead of 3.1: measured 0.863)
+    # the recall is the originals' (0.858), less a little for STIS's larger read noise (5.4
+    # e- instead of 3.1: measured 0.852; 0.873 and 0.863 with preset='none')
     assert original_recall > 0.8
     assert _cr_recall(one_chip_simulation, library) == pytest.approx(original_recall, abs=0.02)
 

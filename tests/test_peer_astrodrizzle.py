@@ -50,10 +50,12 @@ def both_runs(small_simulation, tmp_path_factory):
     files = [str(p) for p in small_simulation.flt_files]
     scene = str(small_simulation.scene_file)
     out = tmp_path_factory.mktemp("drizzlepipe")
+    # preset 'none': AstroDrizzle's defaults (auto would choose few_exposures for 4 exposures)
     ours = DrizzlePipeline.call(
         files,
         steps={"blot_cr": {"save_results": True}, "driz_final": {"refimage": scene}},
         output_dir=str(out),
+        preset="none",
     )
     theirs = _harness().run_astrodrizzle(
         files, tmp_path_factory.mktemp("astrodrizzle"), peer_python=sys.executable,

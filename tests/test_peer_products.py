@@ -41,11 +41,12 @@ def both(tmp_path_factory):
     theirs = _astrodrizzle(files, tmp_path_factory.mktemp("ad_products"), skymethod="globalmin")
     out = tmp_path_factory.mktemp("ours_products")
     steps = {"sky_sub": {"method": "globalmin"}}
+    # preset 'none': AstroDrizzle's defaults (auto would choose few_exposures for the pair)
     DrizzlePipeline.call([str(p) for p in files], steps=steps, output_dir=str(out),
-                         configure_log=False)  # fmt: skip
+                         configure_log=False, preset="none")  # fmt: skip
     drz = theirs.workdir / "final_drz.fits"
     on_their_grid = DrizzlePipeline.call(
-        [str(p) for p in files], configure_log=False,
+        [str(p) for p in files], configure_log=False, preset="none",
         steps={**steps, "driz_final": {"refimage": str(drz)}},
     )  # fmt: skip
     return {"ours": out / "final_drz.fits", "theirs": drz, "on_their_grid": on_their_grid}

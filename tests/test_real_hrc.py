@@ -265,13 +265,15 @@ def astrodrizzle_globalmin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def drizzlepipe_globalmin(tmp_path_factory):
-    """Our pipeline with AstroDrizzle's defaults and the global sky."""
+    """Our pipeline with AstroDrizzle's defaults (``preset='none'``; auto would choose
+    few_exposures for the pair) and the global sky."""
     files = _hrc_files()
     out = tmp_path_factory.mktemp("ours_globalmin")
     final = DrizzlePipeline.call(
         [str(p) for p in files],
         steps={"sky_sub": {"method": "globalmin"}, "blot_cr": {"save_results": True}},
         output_dir=str(out),
+        preset="none",
     )
     return {"files": files, "out": out, "final": final}
 

@@ -1,10 +1,12 @@
 """Cosmic-ray detection around undersampled stars (issue 6).
 
 Four exposures of a star field, dithered by random sub-pixel steps (``drizzlepipe.simulator``),
-run through the whole pipeline with its defaults (AstroDrizzle's: minmed, snr "3.5 3.0", scale
-"1.2 0.7"). Pixels within 2 px of unsaturated stars must not be flagged more often than the
-rest of the sky: a star that the median and the blot do not reproduce (the drizzle kernel and
-the interpolation smooth a 1-pixel core) must not be taken for a cosmic ray.
+run through the whole pipeline with its built-in defaults (``preset='none'``, AstroDrizzle's:
+minmed, snr "3.5 3.0", scale "1.2 0.7"; the simulator writes WFC3/UVIS headers, for which
+``preset='auto'`` would choose few_exposures). Pixels within 2 px of unsaturated stars must
+not be flagged more often than the rest of the sky: a star that the median and the blot do not
+reproduce (the drizzle kernel and the interpolation smooth a 1-pixel core) must not be taken for
+a cosmic ray.
 
 Only pixels without cosmic-ray charge in their 3 x 3 neighbourhood (the simulator's truth) are
 counted, so every flag counted is a false one.
@@ -34,7 +36,7 @@ def _run(tmp_path_factory, psf_fwhm, config_file=None):
         outdir / "sim", exposures=4, shape=(256, 256), chips=1, seed=11, psf_fwhm=psf_fwhm,
         n_stars=150, star_flux_range=(20.0, 3000.0),
     )  # fmt: skip
-    extra = {"config_file": str(config_file)} if config_file else {}
+    extra = {"config_file": str(config_file)} if config_file else {"preset": "none"}
     DrizzlePipeline.call(
         [str(p) for p in simulation.flt_files],
         steps={"blot_cr": {"save_results": True}},
