@@ -731,3 +731,46 @@ def test_drizzlepac_quirks_we_fix_for_nan_and_missing_readout_direction(rng):
     with pytest.warns(CTEGrowthSkippedWarning):
         ours_cte = detect_cosmic_rays(data, blot, readnoise=READNOISE, ctegrow=2)
     np.testing.assert_array_equal(ours_cte, ours)
+
+
+def test_flagged_pixels_do_not_seed_the_second_pass():
+    # A hot pixel (flagged in DQ) far above the blot with a neighbour 2.5 sigma high: the
+    # hot pixel fails the first pass and, as in AstroDrizzle, opens the second pass (snr 2)
+    # to the neighbour; when it may not seed, the neighbour is left alone and only the hot
+    # pixel itself (which fails both passes) is flagged.
+    data, blot = _single_cr_chip(10, 7)  # a 1000 e- excess at (10, 7)
+    sigma = np.sqrt(blot[10, 8] + READNOISE**2)
+    data[10, 8] = blot[10, 8] + 2.5 * sigma
+    snr = "4.0 2.0"
+    seeded = detect_cosmic_rays(data, blot, readnoise=READNOISE, snr=snr, scale="0 0")
+    assert _flagged(seeded) == {(10, 7), (10, 8)}
+    hot = np.zeros(data.shape, bool)
+    hot[10, 7] = True
+    unseeded = detect_cosmic_rays(data, blot, readnoise=READNOISE, snr=snr, scale="0 0",
+                                  no_seed=hot)  # fmt: skip
+    assert _flagged(unseeded) == {(10, 7)}
+    # a real cosmic ray next to the flagged pixel still seeds its own neighbours
+    data[10, 9] += 1000.0
+    both = detect_cosmic_rays(data, blot, readnoise=READNOISE, snr=snr, scale="0 0",
+                              no_seed=hot)  # fmt: skip
+    assert _flagged(both) == {(10, 7), (10, 8), (10, 9)}
+
+
+def test_no_seed_changes_the_mask_only_next_to_the_excluded_pixels(rng):
+    # On a noisy chip with cosmic rays, excluding pixels from seeding changes the mask
+    # at most within their 3 x 3 neighbourhoods, and never adds a flag.
+    shape = (200, 200)
+    blot = np.full(shape, 100.0, np.float32)
+    sigma = np.sqrt(blot + READNOISE**2)
+    data = blot + rng.normal(0.0, 1.0, shape).astype(np.float32) * sigma
+    deposit = _cosmic_ray_deposit(shape, rng, 100)
+    data += deposit
+    # half of the cosmic-ray pixels and 1% of the others may not seed
+    excluded = (rng.random(shape) < 0.01) | ((deposit > 0) & (rng.random(shape) < 0.5))
+    plain = detect_cosmic_rays(data, blot, readnoise=READNOISE, snr="3.5 2.0")
+    fewer = detect_cosmic_rays(data, blot, readnoise=READNOISE, snr="3.5 2.0", no_seed=excluded)
+    assert not np.any(fewer & ~plain)
+    changed = plain & ~fewer
+    assert changed.any()  # the test exercises the rule
+    near = ndimage.binary_dilation(excluded, structure=np.ones((3, 3), bool))
+    assert not np.any(changed & ~near)

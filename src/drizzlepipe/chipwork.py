@@ -600,6 +600,7 @@ class CosmicRayJob:
     scaling: ChipScaling
     test: CosmicRayTest
     keep_blot: bool = False
+    no_seed: ArrayRef | None = None  # bit-packed: pixels that cannot seed a cosmic ray
 
 
 def find_cosmic_rays(job):
@@ -611,8 +612,11 @@ def find_cosmic_rays(job):
         name: getattr(median, name).get()
         for name in ("filled", "holes", "weight") if getattr(median, name) is not None
     })  # fmt: skip
+    no_seed = None
+    if job.no_seed is not None:
+        no_seed = np.unpackbits(job.no_seed.get(), count=data.size).reshape(data.shape) != 0
     return blot_and_detect(data, job.wcs, median, job.scaling, job.test, err=err,
-                           keep_blot=job.keep_blot, label=job.label)  # fmt: skip
+                           no_seed=no_seed, keep_blot=job.keep_blot, label=job.label)  # fmt: skip
 
 
 def check_chips(executor, library, units, median, plan, *, few):
@@ -630,7 +634,8 @@ def check_chips(executor, library, units, median, plan, *, few):
     median : BlotMedian
         The median, prepared.
     plan : callable
-        ``plan(model) -> (ChipScaling, CosmicRayTest, keep_blot)`` for one chip.
+        ``plan(model) -> (ChipScaling, CosmicRayTest, keep_blot, no_seed)`` for one chip;
+        ``no_seed``: boolean mask of the pixels that cannot seed a cosmic ray, or None.
     few : bool
         Keep few chips borrowed at a time (an on-disk library, or blots kept for saving):
         a worker's worth of units per map; else every chip in one map.
@@ -657,11 +662,14 @@ def check_chips(executor, library, units, median, plan, *, few):
             jobs = []
             for index in indices:
                 model = models[index]
-                scaling, test, keep_blot = plan(model)
+                scaling, test, keep_blot, no_seed = plan(model)
+                if no_seed is not None:  # 1 bit a pixel while it waits for its task
+                    no_seed = executor.share(np.packbits(no_seed, axis=None))
                 jobs.append(CosmicRayJob(
                     chip=ChipPixels.of(model, executor, with_err=test.noise == "err"),
                     wcs=executor.portable(model.meta.wcs), label=chip_label(model),
                     median=shared, scaling=scaling, test=test, keep_blot=keep_blot,
+                    no_seed=no_seed,
                 ))  # fmt: skip
             found = executor.map(find_cosmic_rays, jobs, label="Blot + cosmic rays")
             del jobs

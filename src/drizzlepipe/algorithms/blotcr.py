@@ -188,7 +188,9 @@ def _band_rows(test):
     return max(BAND_ROWS, 4 * halo), halo
 
 
-def blot_and_detect(data, wcs, median, scaling, test, *, err=None, keep_blot=False, label=None):
+def blot_and_detect(
+    data, wcs, median, scaling, test, *, err=None, no_seed=None, keep_blot=False, label=None
+):
     """Blot the median onto one chip and find its cosmic rays.
 
     Parameters
@@ -205,6 +207,9 @@ def blot_and_detect(data, wcs, median, scaling, test, *, err=None, keep_blot=Fal
         The detection's parameters.
     err : numpy.ndarray, optional
         The chip's ERR in its data units (``noise='err'``).
+    no_seed : numpy.ndarray of bool, optional
+        Pixels that cannot seed a cosmic ray (flagged bad in DQ), see
+        :func:`~drizzlepipe.algorithms.crdetect.detect_cosmic_rays`.
     keep_blot : bool
         Also return the blotted median (chip units, sky included; NaN where not checked).
     label : str, optional
@@ -236,7 +241,10 @@ def blot_and_detect(data, wcs, median, scaling, test, *, err=None, keep_blot=Fal
             continue  # no median data near these rows: nothing to check (NaN is never flagged)
         checked = True
         band_err = err[low:high] if err is not None else None
-        mask, caught = _detect_band(data[low:high], blotted, band_err, n_exposures, scaling, test)
+        band_no_seed = no_seed[low:high] if no_seed is not None else None
+        mask, caught = _detect_band(
+            data[low:high], blotted, band_err, band_no_seed, n_exposures, scaling, test
+        )
         cr_mask[first:last] = mask[inner]
         messages.extend(message for message in caught if message not in messages)
     if not checked:
@@ -285,7 +293,7 @@ def _blot_band(median, scaling, test, pixmap, ones):
     return blotted, n_exposures
 
 
-def _detect_band(data, blotted, err, n_exposures, scaling, test):
+def _detect_band(data, blotted, err, no_seed, n_exposures, scaling, test):
     """Cosmic-ray mask of a band (in electrons) and the warnings raised."""
     counts = np.float32(scaling.to_counts)
     err = err * counts if err is not None else None
@@ -312,5 +320,6 @@ def _detect_band(data, blotted, err, n_exposures, scaling, test):
             ctegrow=test.ctegrow,
             readout_direction=scaling.readout_direction,
             model_variance=model_variance,
+            no_seed=no_seed,
         )
     return mask, [str(warning.message) for warning in caught]

@@ -25,7 +25,7 @@ from ..algorithms.grid import pixel_scale
 from ..algorithms.resample import pixel_area_ratio
 from ..chipwork import check_chips, write_copies_in_workers
 from ..datamodels import ResampledModel, dqflags, open_path
-from ..datamodels.conversions import chip_label, data_with_sky, electrons_factor
+from ..datamodels.conversions import bad_pixels, chip_label, data_with_sky, electrons_factor
 from ..datamodels.writers import plan_copies, write_chip_arrays, write_copies
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import exposure_product_root
@@ -66,6 +66,8 @@ class BlotCRStep(DrizStep):
     save_crmask = boolean(default=False)  # Write <root>_crmask.fits (1 = cosmic ray)
     corr = boolean(default=False)  # Write <root>_crclean.fits (cosmic rays replaced by the blot)
     median_noise = boolean(default=True)  # Count the median's own noise (False: as AstroDrizzle)
+    seed_flagged = boolean(default=False)  # Let pixels flagged bad (DQ outside good_bits, static mask) seed cosmic rays in their neighbours, as AstroDrizzle (False: a hot or saturated pixel's excess opens no search around it)
+    good_bits = string(default=None)  # DQ bits treated as good: pixels with other bits cannot seed cosmic rays (None: the pipeline's, else '0')
     """  # noqa: E501
     builtin_defaults = {"interp": "poly5", "snr": "3.5 3.0", "scale": "1.2 0.7", "noise": "auto"}
 
@@ -120,7 +122,7 @@ class BlotCRStep(DrizStep):
             checked = check_chips(
                 executor, library, units, prepared,
                 lambda model: (self._scaling(model, median_scale), self._test(model, test),
-                               keep_blots),
+                               keep_blots, self._no_seed(model)),
                 few=library.on_disk or keep_blots,
             )  # fmt: skip
             with closing(checked):  # the chips go back to the library even after a failure
@@ -172,6 +174,15 @@ class BlotCRStep(DrizStep):
         if noise == "err" and model.meta.has_err is False:
             raise DrizzlepipeInputError(label, "noise='err' but the chip has no ERR array")
         return replace(test, noise=noise)
+
+    def _no_seed(self, model):
+        """Pixels flagged bad before this step (DQ bits outside ``good_bits``, the static
+        mask): their excess over the blot is a hot, warm or saturated pixel, not a cosmic ray,
+        so it does not open the second pass to their neighbours. None with ``seed_flagged``."""
+        if self.seed_flagged:
+            return None
+        clear_own_flags(model)  # an earlier run's cosmic rays are not "flagged before"
+        return bad_pixels(model, self.inherited("good_bits", "0"))
 
     def _scaling(self, model, median_scale):
         """The median in the chip's units (DN stay DN), with the chip's sky to add back (data
