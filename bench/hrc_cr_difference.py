@@ -15,7 +15,10 @@ flat-fielded, FLATCORR=OMIT), in one run:
      ``sqrt(rn**2 + S)`` of the exposure that differs, and no noise of the median itself
      (``median_noise=False``);
    * its median image (``final_med.fits``, given to BlotCR as ``median``);
-   * both.
+   * both;
+
+   and drizzlepipe as a user gets it (``preset='auto'``, which chooses few_exposures), with the
+   ``localmin`` sky and with the preset's own.
 
 It prints, per exposure, the fraction of the pixels in the two chips' overlap (3 px inside,
 input DQ 0) that each run flags as cosmic rays, and how the variants' masks agree with
@@ -119,6 +122,12 @@ def main(argv=None):
             "steps": {**common, **given_median,
                       "blot_cr": {"median": str(ad_median), "median_noise": False}},
         },
+        # what a user gets: preset auto (few_exposures: cosmic-ray thresholds '5.0 2.0'), with
+        # AstroDrizzle's localmin sky, and with the preset's own sky
+        "drizzlepipe defaults, localmin sky": {
+            "preset": "auto", "steps": {"sky_sub": {"method": "localmin"}}
+        },
+        "drizzlepipe defaults (globalmin+match)": {"preset": "auto"},
     }  # fmt: skip
     masks = {"AstroDrizzle localmin": ad_masks}
     for number, (label, options) in enumerate(variants.items()):

@@ -352,7 +352,7 @@ def test_standalone_steps_keep_their_built_in_defaults(tmp_path):
 
 
 def test_one_info_line_names_the_preset_and_why_and_debug_lists_the_values(files, caplog):
-    pipeline = DrizzlePipeline(steps={"blot_cr": {"scale": "1.2 0.7"}}, scheduler="serial")
+    pipeline = DrizzlePipeline(steps={"blot_cr": {"snr": "3.5 3.0"}}, scheduler="serial")
     with caplog.at_level(logging.DEBUG, logger="drizzlepipe.presets"):
         pipeline.run(files)
         pipeline.run(files[:1])  # the same instance decides again for other inputs
@@ -366,7 +366,7 @@ def test_one_info_line_names_the_preset_and_why_and_debug_lists_the_values(files
     debug = [text for level, text in lines if level == logging.DEBUG][0]
     assert "sky_sub.method='globalmin+match'" in debug
     assert "driz_separate.kernel='square'" in debug
-    assert "the user's values kept: blot_cr.scale='1.2 0.7'" in debug
+    assert "the user's values kept: blot_cr.snr='3.5 3.0'" in debug
 
 
 def test_a_preset_chosen_by_the_user_is_logged_with_what_auto_would_choose(files, caplog):

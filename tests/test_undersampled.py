@@ -102,7 +102,7 @@ def _assert_no_more_flags_near_stars(counts):
     reason=(
         "FWHM 1 px: 137 of 4677 pixels within 2 px of stars flagged (2.9e-2) vs 4.5e-5 "
         "elsewhere; 31% of star placements have a flagged core. AstroDrizzle on the same "
-        "files: 2.65e-2 and 29%. With scale '1.5 1.2' (cfg/few_exposures.asdf): 1.2e-2 and 14%. "
+        "files: 2.65e-2 and 29%. With HAP's scale '1.5 1.2': 1.2e-2 and 14%. "
         "At FWHM 1.8 px: none"
     ),
 )
