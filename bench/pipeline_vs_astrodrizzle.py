@@ -22,7 +22,8 @@ What it does, in one run:
 
 Equivalent parameters (:data:`PARAMETER_MAP`; every value is passed explicitly to both, and
 drizzlepipe runs with ``preset='none'``, so that a parameter not passed has its built-in default,
-AstroDrizzle's, not the value a preset chooses for the data):
+AstroDrizzle's, not the value a preset chooses for the data; ``--ours-defaults`` runs drizzlepipe
+as a user gets it instead, ``preset='auto'`` and nothing else set):
 
 * sky: ``skymethod='globalmin+match'`` vs ``sky_sub.method='globalmin+match'`` by default
   (``--sky-method``). In ``.venv-peers`` stsci.skypac 1.0.12 calls
@@ -205,6 +206,17 @@ def drizzlepipe_step_parameters(sky_method, crf=False):
     return steps
 
 
+def ours_parameters(args):
+    """``steps`` and ``preset`` of our runs: AstroDrizzle's values (:data:`PARAMETER_MAP`,
+    preset 'none'), or with ``--ours-defaults`` what a user gets (preset 'auto', only the
+    files that carry the cosmic-ray flags asked for)."""
+    if args.ours_defaults:
+        flags = "save_results" if args.ours_crf else "save_crmask"
+        return {"steps": {"blot_cr": {flags: True}}, "preset": "auto"}
+    return {"steps": drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
+            "preset": "none"}  # fmt: skip
+
+
 def source_version():
     """The drizzlepipe commit measured, and whether ``src/`` differs from it (read-only git)."""
     try:
@@ -332,7 +344,7 @@ def _ours_worker(spec_file, report_file):
             steps=spec["steps"],
             in_memory=spec["in_memory"],
             scheduler=spec["scheduler"],
-            preset="none",
+            preset=spec.get("preset", "none"),
         )
 
     if spec.get("profile"):
@@ -360,11 +372,12 @@ def _ours_worker(spec_file, report_file):
 
 def run_drizzlepipe(
     flt_files, workdir, sky_method, in_memory=None, profile=False, scheduler=None, steps=None,
-    sample_interval=None,
+    sample_interval=None, preset="none",
 ):  # fmt: skip
     """Run ``DrizzlePipeline`` on ``flt_files`` in a fresh process; products in ``workdir``.
 
-    ``steps``: step parameters (default: :func:`drizzlepipe_step_parameters`).
+    ``steps``: step parameters (default: :func:`drizzlepipe_step_parameters`); ``preset``: the
+    pipeline's (``"none"``: what ``steps`` leaves unset has AstroDrizzle's default).
     ``sample_interval``: seconds between two memory samples of the process tree while it has
     worker processes (default: the harness's 2 s; finer sampling slows the run, see
     ``_harness._RssSampler``)."""
@@ -380,6 +393,7 @@ def run_drizzlepipe(
         "steps": steps if steps is not None else drizzlepipe_step_parameters(sky_method),
         "in_memory": in_memory,
         "scheduler": scheduler,
+        "preset": preset,
         "log": str(workdir / "pipeline.log"),
         "profile": str(workdir / "profile.pstats") if profile else None,
     }
@@ -829,6 +843,13 @@ def main(argv=None):
         help="run drizzlepipe once more with its process tree sampled every 0.05 s for the "
         "per-step memory table (that run's times are not used: fine sampling slows it)",
     )
+    parser.add_argument(
+        "--ours-defaults",
+        action="store_true",
+        help="drizzlepipe with its own defaults (preset auto: for 4 exposures few_exposures, "
+        "sky globalmin+match, square singles, cosmic-ray snr '5.0 2.0') instead of "
+        "AstroDrizzle's parameter values",
+    )
     parser.add_argument("--ours-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ours_worker:
@@ -880,7 +901,7 @@ def main(argv=None):
             in_memory=False if args.ours_on_disk else None,
             profile=args.profile,
             scheduler=args.scheduler,
-            steps=drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
+            **ours_parameters(args),
         )
         print(f"  drizzlepipe call {run.total_s:.1f} s, peak RSS {run.peak_rss_mib:.0f} MiB")
         if args.profile:
@@ -906,8 +927,7 @@ def main(argv=None):
         finely = run_drizzlepipe(
             simulation.flt_files, workdir / "drizzlepipe_memory", args.sky_method,
             in_memory=False if args.ours_on_disk else None, scheduler=args.scheduler,
-            steps=drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
-            sample_interval=0.05,
+            sample_interval=0.05, **ours_parameters(args),
         )  # fmt: skip
         ours = replace(ours, step_peak_mib=finely.step_peak_mib)
         print(f"  its peak {finely.peak_rss_mib:.0f} MiB")
@@ -951,7 +971,8 @@ def main(argv=None):
             for first, o, p in pairs
         ],
         "astrodrizzle_parameters": pars,
-        "drizzlepipe_steps": drizzlepipe_step_parameters(args.sky_method, crf=args.ours_crf),
+        "drizzlepipe_steps": ours_parameters(args)["steps"],
+        "drizzlepipe_preset": ours_parameters(args)["preset"],
         "drizzlepipe": asdict(ours),
         "astrodrizzle": {
             "total_s": peer.total_s,

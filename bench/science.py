@@ -683,9 +683,9 @@ def figure(all_results, path):
         axis.axis("off")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7)
-    fig.supxlabel("false-flag rate (clean pixels flagged)", fontsize=8)
+    fig.supxlabel("false-flag rate (clean pixels flagged; none: 1e-8)", fontsize=8, y=0.045)
     fig.supylabel("recall (cosmic-ray pixels > 5 sigma)", fontsize=8)
-    fig.tight_layout(rect=(0.01, 0.06, 1, 1))
+    fig.tight_layout(rect=(0.01, 0.07, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
