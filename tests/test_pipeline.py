@@ -77,10 +77,10 @@ def test_cfg_file_and_command_line_precedence_through_strun(small_simulation, tm
         ],
         tmp_path,
     )  # fmt: skip
-    # command line beats the file (minmed -> median); the file beats the default (scale)
+    # command line beats the file (minmed -> median); the file beats the defaults (snr, sky)
     assert "Median of 4 images (median)" in log
-    assert re.search(r"scale: 1\.5 1\.2", log)
-    assert "kernel: square" in log  # driz_separate kernel from the file (default turbo)
+    assert re.search(r"snr: 5\.0 2\.0", log)
+    assert re.search(r"method: globalmin\+match", log)  # sky method from the file (localmin)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mymosaic_drz.fits"]
 
 

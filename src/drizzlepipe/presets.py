@@ -89,12 +89,6 @@ _MATCHED_SKY = (
     "not taken for cosmic rays (whole-chip statistics can differ by 70 e- on a crowded field, "
     "docs/sky.md); globalmin sets the common level"
 )
-_SQUARE_SINGLES = (
-    "the square kernel follows rotation and distortion exactly (turbo drops axis-aligned "
-    "squares): singles, and so the median, as faithful as the final image (HAP: "
-    "driz_sep_kernel='square')"
-)
-
 _CR_THRESHOLDS = (
     "a confident first pass, then a low second pass around its detections (which flagged pixels "
     "do not open): on the 18 simulated sets of bench/science.py (docs/science.md) this finds "
@@ -114,7 +108,6 @@ PRESETS = {
             "chosen on bench/science.py's curves",
             (
                 Setting("sky_sub", "method", "globalmin+match", _MATCHED_SKY),
-                Setting("driz_separate", "kernel", "square", _SQUARE_SINGLES),
                 Setting("blot_cr", "snr", "5.0 2.0", _CR_THRESHOLDS),
             ),
         ),
@@ -125,7 +118,6 @@ PRESETS = {
             "chosen on bench/science.py's curves",
             (
                 Setting("sky_sub", "method", "globalmin+match", _MATCHED_SKY),
-                Setting("driz_separate", "kernel", "square", _SQUARE_SINGLES),
                 Setting(
                     "create_median",
                     "combine_type",
