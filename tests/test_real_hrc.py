@@ -361,13 +361,20 @@ def test_cosmic_ray_fraction_in_the_overlap_is_astrodrizzles(
     masks = _cr_masks(drizzlepipe_globalmin, astrodrizzle_globalmin)
     ours_all = sum(np.count_nonzero(o & ov) for o, _, _, ov in masks)
     theirs_all = sum(np.count_nonzero(t & ov) for _, t, _, ov in masks)
-    # Both exposures' overlap together, every pixel (measured: 7691 pixels for us, 9382 for
-    # AstroDrizzle, ratio 0.82).
-    assert 1 / 1.5 <= ours_all / theirs_all <= 1.5
+    near_flagged = [ndimage.binary_dilation(~usable, structure=np.ones((3, 3), bool))
+                    for _, _, usable, _ in masks]  # fmt: skip
+    only_theirs_near = sum(np.count_nonzero(t & ~o & ov & near)
+                           for (o, t, _, ov), near in zip(masks, near_flagged))  # fmt: skip
+    # Both exposures' overlap together, every pixel: measured 6066 pixels for us, 9382 for
+    # AstroDrizzle. 3494 of AstroDrizzle's flags that we lack are on or next to DQ-flagged
+    # (mostly saturated) pixels: a flagged pixel's excess opens AstroDrizzle's second pass to
+    # its neighbours, not ours (BlotCR seed_flagged=False). Without those: 5888, ratio 1.03.
+    assert only_theirs_near > 0.8 * (theirs_all - ours_all)
+    assert 1 / 1.5 <= ours_all / (theirs_all - only_theirs_near) <= 1.5
     for ours, theirs, usable, overlap in masks:
         # Per exposure, on pixels with DQ = 0: AstroDrizzle also "finds" cosmic rays in
         # saturated cores and other DQ-flagged pixels (they differ from the blot), which both
-        # pipelines exclude from drizzling anyway; measured ratios (ours/theirs) 0.95 and 0.89.
+        # pipelines exclude from drizzling anyway; measured ratios (ours/theirs) 0.94 and 0.88.
         scored = overlap & usable
         fraction_ours = np.count_nonzero(ours & scored) / np.count_nonzero(scored)
         fraction_theirs = np.count_nonzero(theirs & scored) / np.count_nonzero(scored)
