@@ -23,6 +23,7 @@ BENCHMARKS = (
     "kernel_floor.py",  # after the pipeline bench: reads its data, grid and AstroDrizzle's times
     "fresh_memory.py",  # this VM's cost of new memory pages, against both pipelines' peaks
     "schedulers.py",
+    "science.py",  # ~40 minutes: cosmic-ray curves of both pipelines on 18 simulated sets
     "scaling.py",  # about an hour: 8, 32 and 128 exposures of 2048 x 2048, AstroDrizzle too
 )
 
