@@ -69,7 +69,7 @@ class DrizzlePipeline(DrizPipeline):
     preset = option('auto', 'none', 'few_exposures', 'many_exposures', 'undersampled', 'jwst_imaging', default='auto')  # Parameter preset for the parameters left at None (auto: chosen by instrument, detector and number of exposures; none: the built-in defaults, AstroDrizzle's); values set by the user win
     in_memory = boolean(default=None)  # Keep the chips' state in memory, pixels read from the files when used (False: state in temporary files, least RAM; None: the memory model decides)
     crbit = integer(default=None)  # DQ value of cosmic rays for blot_cr and driz_final where theirs is None (None: by mission)
-    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, driz_final where theirs is None (None: the preset's, else '0')
+    good_bits = string(default=None)  # DQ bits treated as good by sky_sub, driz_separate, blot_cr, driz_final where theirs is None (None: the preset's, else '0')
     save_intermediates = boolean(default=False)  # Save the products of every step
     units = option('counts', 'countrate', 'surface_brightness', default=None)  # Units of inputs without (or with a wrong) BUNIT
     exptime = float(default=None)  # Exposure time [s] of inputs without one
