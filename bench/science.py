@@ -17,8 +17,10 @@ then repeated over a sweep of its thresholds:
   per sweep point on the same library and median (a step is repeatable: a second call equals a
   call on fresh inputs, tests/test_repeatable_steps.py), then DrizFinal at the run's parameters.
 
-The sweep multiplies both values of ``snr`` (``driz_cr_snr``, default ``"3.5 3.0"``) by the
-factors :data:`SNR_FACTORS`, for each ``scale`` (``driz_cr_scale``) of :data:`SCALES`.
+The sweep (:func:`sweep_points`) multiplies both values of ``snr`` (``driz_cr_snr``, default
+``"3.5 3.0"``) by the factors :data:`SNR_FACTORS`, and pairs the first passes
+:data:`SEED_SNRS` with the lower second passes :data:`GROWTH_SNRS`, for each ``scale``
+(``driz_cr_scale``) of :data:`SCALES`.
 
 Scores (the same functions for both pipelines), summed over the chips of a case:
 
@@ -34,11 +36,14 @@ Scores (the same functions for both pipelines), summed over the chips of a case:
   median of an annulus, on each final image, against the true flux: the bias is the median of
   ``measured / true - 1``, the scatter 1.4826 x the MAD of it.
 
-A case is *won* when one of our sweep points dominates AstroDrizzle's default point: recall at
-least AstroDrizzle's at a false-flag rate at most its (reported as "our recall at AD's false-flag
-rate", the best recall among our points whose rate is not higher, and "our false-flag rate at
-AD's recall", the lowest rate among our points whose recall is not lower); and our default
-point's star-flag fraction is no higher than AstroDrizzle's.
+Standings (:func:`standing`): a point of ours stands *above* AstroDrizzle's default point when
+its recall is at least AstroDrizzle's with no more false flags, better in one of the two; *tie*
+when within counting noise of that (two binomial sigmas of the recall, two Poisson sigmas of the
+false-flag count); else *below*. Each case reports the best standing of our sweep ("curve") and
+that of our default point, "our recall at AD's false-flag rate" (the best recall among our points
+with no more false flags) and "our false-flag rate at AD's recall"; the star flags of our
+default point must be no more than AstroDrizzle's. The candidates table gives every sweep
+point's standings over the cases of each preset: how the defaults were picked.
 
 Outputs in ``--workdir`` (default ``bench/output/science``): one data set and ``results.json``
 per case (``--reuse`` skips the cases already scored), ``science.json`` with everything,
@@ -51,7 +56,7 @@ Usage::
     .venv/bin/python bench/science.py [--reuse] [--quick] [--docs] \\
         [--peer-python .venv-peers/bin/python]
 
-The full set (18 cases of 1024 x 1024 one-chip exposures) takes about 30 minutes on 2 cores;
+The full set (18 cases of 1024 x 1024 one-chip exposures) takes about 40 minutes on 2 cores;
 ``--quick`` runs 2 cases for a smoke test.
 """
 
