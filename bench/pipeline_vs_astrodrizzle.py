@@ -485,6 +485,23 @@ class CRScore:
         return self.clean_flagged / max(self.clean, 1)
 
 
+def strong_and_clean(input_dq, err, deposit):
+    """The scored pixels of one chip: *strong* cosmic-ray pixels (deposit > 5 ERR, DQ 0) and
+    *clean* pixels (no deposit in the pixel or its 8 neighbours, DQ 0, farther than 10 px from
+    saturation), as boolean masks."""
+    input_dq = input_dq.astype(np.uint32)
+    good_dq = input_dq == 0
+    strong = (deposit > STRONG_SIGMA * err) & good_dq
+    near_charge = ndimage.binary_dilation(deposit > 0, structure=np.ones((3, 3), bool))
+    saturated = (input_dq & SATURATED_BIT) != 0
+    far_from_saturation = (
+        ndimage.distance_transform_edt(~saturated) > SATURATION_MARGIN_PX
+        if saturated.any()
+        else np.ones_like(saturated)
+    )
+    return strong, ~near_charge & good_dq & far_from_saturation
+
+
 def score_cosmic_rays(simulation, flagged_dq):
     """Score the cosmic-ray flags of every chip against the simulator's truth.
 
@@ -509,17 +526,7 @@ def score_cosmic_rays(simulation, flagged_dq):
                 err = inputs["ERR", extver].data
                 deposit = truths["CRDEP", extver].data
                 flagged = (flagged_dq(root, extver).astype(np.uint32) & CR_BIT) != 0
-                good_dq = input_dq == 0
-                strong = (deposit > STRONG_SIGMA * err) & good_dq
-                charged = deposit > 0
-                near_charge = ndimage.binary_dilation(charged, structure=np.ones((3, 3), bool))
-                saturated = (input_dq & SATURATED_BIT) != 0
-                far_from_saturation = (
-                    ndimage.distance_transform_edt(~saturated) > SATURATION_MARGIN_PX
-                    if saturated.any()
-                    else np.ones_like(saturated)
-                )
-                clean = ~near_charge & good_dq & far_from_saturation
+                strong, clean = strong_and_clean(input_dq, err, deposit)
                 score.strong += int(np.count_nonzero(strong))
                 score.strong_found += int(np.count_nonzero(strong & flagged))
                 score.clean += int(np.count_nonzero(clean))

@@ -75,15 +75,13 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
-from scipy import ndimage
 
 from _harness import DEFAULT_PEER_PYTHON, REPO_ROOT, SKYPAC_PATCH, cpu_model, run_astrodrizzle
+from drizzlepipe.algorithms.blotcr import unpack_mask
 from pipeline_vs_astrodrizzle import (
     CR_BIT,
-    SATURATED_BIT,
-    SATURATION_MARGIN_PX,
-    STRONG_SIGMA,
     astrodrizzle_parameters,
+    strong_and_clean,
     write_default_grid,
 )
 
@@ -265,8 +263,7 @@ def run_astrodrizzle_sweep(simulation, grid_file, workdir, points, peer_python):
                 continue
             index, root, chip = key.split(":")
             shape = tuple(stored[key + ":shape"])
-            flags = np.unpackbits(stored[key], count=int(np.prod(shape))).reshape(shape)
-            masks[int(index)][(root, int(chip))] = flags.astype(bool)
+            masks[int(index)][(root, int(chip))] = unpack_mask(stored[key], shape)
     return masks, run.product
 
 
@@ -364,19 +361,9 @@ def chip_truths(simulation):
                 if hdu.name != "SCI":
                     continue
                 chip = hdu.ver
-                dq = inputs["DQ", chip].data.astype(np.uint32)
-                err = inputs["ERR", chip].data
+                dq = inputs["DQ", chip].data
                 deposit = truth_hdus["CRDEP", chip].data
-                good = dq == 0
-                strong = (deposit > STRONG_SIGMA * err) & good
-                near_charge = ndimage.binary_dilation(deposit > 0, np.ones((3, 3), bool))
-                saturated = (dq & SATURATED_BIT) != 0
-                far = (
-                    ndimage.distance_transform_edt(~saturated) > SATURATION_MARGIN_PX
-                    if saturated.any()
-                    else np.ones_like(good)
-                )
-                clean = ~near_charge & good & far
+                strong, clean = strong_and_clean(dq, inputs["ERR", chip].data, deposit)
                 star = _star_pixels(placements, stars, root, chip, dq.shape) & clean
                 truths[(root, chip)] = ChipTruth(strong, clean, star)
     return truths

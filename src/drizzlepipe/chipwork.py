@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from .algorithms.blotcr import BlotMedian, ChipScaling, CosmicRayTest, blot_and_detect
+from .algorithms.blotcr import (
+    BlotMedian,
+    ChipScaling,
+    CosmicRayTest,
+    blot_and_detect,
+    unpack_mask,
+)
 from .algorithms.grid import pixel_scale
 from .algorithms.pixmap import PixmapRows
 from .algorithms.resample import (
@@ -614,7 +620,7 @@ def find_cosmic_rays(job):
     })  # fmt: skip
     no_seed = None
     if job.no_seed is not None:
-        no_seed = np.unpackbits(job.no_seed.get(), count=data.size).reshape(data.shape) != 0
+        no_seed = unpack_mask(job.no_seed.get(), data.shape)
     return blot_and_detect(data, job.wcs, median, job.scaling, job.test, err=err,
                            no_seed=no_seed, keep_blot=job.keep_blot, label=job.label)  # fmt: skip
 

@@ -42,6 +42,7 @@ __all__ = [
     "CosmicRayResult",
     "blot_and_detect",
     "median_variance",
+    "unpack_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,13 @@ class CosmicRayResult:
         """The boolean cosmic-ray mask (True = cosmic ray)."""
         if self.packed_mask is None:
             return np.zeros(self.shape, dtype=bool)
-        size = int(np.prod(self.shape))
-        return np.unpackbits(self.packed_mask, count=size).astype(bool).reshape(self.shape)
+        return unpack_mask(self.packed_mask, self.shape)
+
+
+def unpack_mask(packed, shape):
+    """The boolean mask of ``shape`` that ``numpy.packbits(mask, axis=None)`` packed."""
+    size = int(np.prod(shape))
+    return np.unpackbits(packed, count=size).reshape(shape).view(bool)
 
 
 def median_variance(pixel_variance, n_exposures):
