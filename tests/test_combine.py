@@ -19,8 +19,10 @@ import pytest
 from drizzlepipe.algorithms.combine import (
     COMBINE_TYPES,
     CombineResult,
+    StackCombiner,
     _sorting_network,
     combine_stack,
+    sum_rows,
     weight_masks,
     weight_thresholds,
 )
@@ -99,6 +101,17 @@ def test_row_sections_tile_the_image_and_respect_the_buffer(halo):
             # every kept row has its full halo unless the image edge is closer
             assert s.keep_start - s.read_start == min(halo, s.keep_start)
             assert s.read_stop - s.keep_stop == min(halo, nrows - s.keep_stop)
+
+
+def test_row_sections_of_a_band_tile_the_band_and_read_halos_beyond_it():
+    nrows, ncols, halo = 103, 250, 2
+    sections = plan_row_sections(nrows, ncols, bufsize=0.01, halo=halo, rows=(40, 77))
+    kept = np.concatenate([np.arange(s.keep_start, s.keep_stop) for s in sections])
+    np.testing.assert_array_equal(kept, np.arange(40, 77))
+    assert sections[0].read_start == 38 and sections[-1].read_stop == 79
+    for rows in ((5, 5), (-1, 10), (0, 104)):
+        with pytest.raises(ValueError, match="rows"):
+            plan_row_sections(nrows, ncols, rows=rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,6 +321,33 @@ def test_results_do_not_depend_on_bufsize(rng, combine_type, grow):
         assert not np.array_equal(results[0], combine_stack(images, masks, **kwargs | {"grow": 0}))
 
 
+@pytest.mark.parametrize(("combine_type", "grow"), [("minmed", 1), ("minmed", 3), ("sigclip", 0)])
+def test_any_bands_of_rows_give_the_whole_image_bit_for_bit(rng, combine_type, grow):
+    images, weights, masks, readnoise, exptime, background = _minmed_inputs(rng, 4, (90, 120))
+    kwargs = dict(
+        combine_type=combine_type, grow=grow, weights=weights, readnoise=readnoise,
+        exptime=exptime, background=background, maskpt=0.5, fill_value=np.nan,
+    )  # fmt: skip
+    whole = combine_stack(images, masks, return_empty_count=True, **kwargs)
+    combiner = StackCombiner(images, masks, bufsize=0.01, **kwargs)
+    for edges in ((0, 90), (0, 45, 90), (0, 1, 2, 50, 51, 89, 90), (0, 7, 30, 31, 90)):
+        out = np.full((90, 120), -1.0, dtype=np.float32)
+        n_empty = sum(combiner.combine_rows(a, b, out) for a, b in zip(edges[:-1], edges[1:]))
+        np.testing.assert_array_equal(out, whole.image)
+        assert n_empty == whole.n_empty
+    # a band writes its own rows only
+    out = np.full((90, 120), -1.0, dtype=np.float32)
+    combiner.combine_rows(30, 60, out)
+    assert (out[:30] == -1).all() and (out[60:] == -1).all()
+
+
+def test_sum_rows_is_the_float32_sum_in_stack_order(rng):
+    weights = rng.uniform(0, 500, (3, 20, 30)).astype(np.float32)
+    out = np.empty((8, 30), dtype=np.float32)
+    sum_rows(ImageStack(weights), 5, 13, out)
+    np.testing.assert_array_equal(out, ((weights[0] + weights[1]) + weights[2])[5:13])
+
+
 def test_inputs_from_memmaps_and_fits_sections(rng, tmp_path):
     from astropy.io import fits
 
@@ -341,6 +381,11 @@ def test_inputs_from_memmaps_and_fits_sections(rng, tmp_path):
         np.testing.assert_array_equal(
             combine_stack(sections, masks, combine_type="median", bufsize=0.01), expected
         )
+        # arrays and memory maps can be read by several workers at once; file sections
+        # share their file's position, so they are read by one
+        assert ImageStack(frames).in_memory and ImageStack(cube).in_memory
+        assert not ImageStack(sections).in_memory
+        assert not StackCombiner(sections, combine_type="median").in_memory
     finally:
         for hdul in hdus:
             hdul.close()

@@ -47,6 +47,38 @@ def test_executor_maps_in_order_and_forked_workers_inherit_shared_arrays():
     assert ArrayRef(array=arrays[1]).get() is arrays[1]
 
 
+class _RowFiller:
+    """Fills rows with their index and the process id; returns the band it was given."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, start, stop, arrays):
+        arrays["rows"][start:stop] = self.source[start:stop] * 2
+        arrays["pid"][start:stop] = os.getpid()
+        return start, stop
+
+
+@pytest.mark.parametrize("scheduler", ["serial", "threads", "processes", "distributed"])
+def test_row_bands_fill_every_row_once_side_by_side_where_the_task_can_be_shared(
+    scheduler, monkeypatch
+):
+    source = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    if scheduler == "distributed":
+        # a cluster gets no inherited task: the rows are filled here, in one band
+        monkeypatch.setattr(Executor, "shares_objects", property(lambda self: False))
+        scheduler = "processes"
+    with Executor(scheduler, n_workers=2) as executor:
+        arrays, bands = executor.map_row_bands(
+            _RowFiller(source), (7, 3), {"rows": np.float32, "pid": np.int64}
+        )
+        parallel = executor.scheduler != "serial" and executor.shares_objects
+    np.testing.assert_array_equal(arrays["rows"], source * 2)
+    assert bands == ([(0, 4), (4, 7)] if parallel else [(0, 7)])
+    in_workers = set(np.unique(arrays["pid"])) != {os.getpid()}
+    assert in_workers == (scheduler == "processes" and parallel)
+
+
 def test_dropped_handles_release_inherited_arrays():
     with Executor("processes", n_workers=2) as executor:
         ref = executor.share(np.ones(5))

@@ -281,7 +281,13 @@ def test_median_from_single_files_on_disk_equals_in_memory(tmp_path, chain):
     from_disk = CreateMedianStep(bufsize=0.05).run(paths)
     in_memory = chain["median"]
     np.testing.assert_array_equal(from_disk.data, in_memory.data)  # sections change nothing
+    np.testing.assert_array_equal(from_disk.wht, in_memory.wht)
     assert from_disk.meta.resample.combine_type == "minmed"
+    # in memory the rows are combined in one band per worker: the same median and weight
+    for scheduler in ("serial", "threads", "processes"):
+        median = CreateMedianStep(scheduler=scheduler, n_workers=2).run(singles)
+        np.testing.assert_array_equal(median.data, in_memory.data)
+        np.testing.assert_array_equal(median.wht, in_memory.wht)
 
 
 def test_all_masked_and_nan_chips_are_skipped_with_a_warning(small_simulation, chain, caplog):

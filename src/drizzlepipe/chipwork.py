@@ -7,7 +7,9 @@ module decides how the chips reach the workers and how the results come back.
   side by side and merges them in order (the final product);
 * :func:`check_chips` blots the median onto every chip and finds its cosmic rays, yielding the
   results a set of files at a time, with the chips borrowed for the caller to record them;
-* :func:`write_copies_in_workers` writes copies of input files (``_crf``) in the workers.
+* :func:`write_copies_in_workers` writes copies of input files (``_crf``) in the workers;
+* :func:`combine_in_bands` combines a stack of images (the singles into the median) in bands
+  of rows side by side.
 
 How chips travel: a chip model is handed to a task as itself (``serial``/``threads``), inherited
 by forked worker processes, or opened by the worker from its file (an on-disk library); only a
@@ -34,6 +36,7 @@ from .algorithms.blotcr import (
     blot_and_detect,
     unpack_mask,
 )
+from .algorithms.combine import StackCombiner, sum_rows
 from .algorithms.grid import pixel_scale
 from .algorithms.pixmap import PixmapRows
 from .algorithms.resample import (
@@ -43,6 +46,7 @@ from .algorithms.resample import (
     build_weight,
     merge_accumulators,
 )
+from .algorithms.sections import ImageStack
 from .datamodels import dqflags
 from .datamodels.conversions import (
     bad_pixels,
@@ -66,6 +70,7 @@ __all__ = [
     "FinalDrizzle",
     "check_chips",
     "write_copies_in_workers",
+    "combine_in_bands",
     "ChipJob",
     "DrizzleJob",
     "DrizzleResult",
@@ -713,3 +718,44 @@ def write_copies_in_workers(executor, writes):
         return
     for models, path in writes:
         write_exposure_copy(models, str(path))
+
+
+@dataclass
+class _CombineBand:
+    """Rows of the combined image and of the inputs' total weight (:func:`combine_in_bands`)."""
+
+    combiner: StackCombiner
+    weights: ImageStack | None
+
+    def __call__(self, start, stop, arrays):
+        n_empty = self.combiner.combine_rows(start, stop, arrays["image"])
+        if self.weights is not None:
+            sum_rows(self.weights, start, stop, out=arrays["weight"][start:stop])
+        return n_empty
+
+
+def combine_in_bands(executor, combiner, weights=None):
+    """Evaluate ``combiner`` (a :class:`~drizzlepipe.algorithms.combine.StackCombiner`) over
+    the whole image, and the sum of ``weights`` (an ``ImageStack``, or None) with it.
+
+    The rows are split into one band per worker (:meth:`Executor.map_row_bands`) when the
+    inputs are in memory; inputs read from files are combined here, by one reader.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        float32 combined image.
+    weight : numpy.ndarray or None
+        float32 sum of the weights, in stack order.
+    n_empty : int
+        Pixels without a good value.
+    """
+    in_memory = combiner.in_memory and (weights is None or weights.in_memory)
+    runner = executor if in_memory else Executor("serial")
+    outputs = {"image": np.float32}
+    if weights is not None:
+        outputs["weight"] = np.float32
+    arrays, n_empty = runner.map_row_bands(
+        _CombineBand(combiner, weights), combiner.shape, outputs, label="Median"
+    )
+    return arrays["image"], arrays.get("weight"), sum(n_empty)

@@ -167,6 +167,21 @@ def _run_pickled(payload):
     return func(item)
 
 
+@dataclass
+class _RowBand:
+    """One band of :meth:`Executor.map_row_bands`: the task, the outputs and its rows."""
+
+    task: ObjectRef
+    outputs: dict
+    start: int
+    stop: int
+
+
+def _fill_row_band(band):
+    arrays = {name: ref.get() for name, ref in band.outputs.items()}
+    return band.task.get()(band.start, band.stop, arrays)
+
+
 def _await(futures, progress):
     """Wait for ``futures`` in completion order, counting them on ``progress``; stop at the
     first failure (the caller raises it)."""
@@ -277,6 +292,47 @@ class Executor:
         if not self.inherits:
             raise RuntimeError(f"scheduler {self.scheduler!r} cannot share Python objects")
         return _register(ObjectRef(obj=obj), obj)
+
+    def map_row_bands(self, func, shape, outputs, *, label=None):
+        """Fill new arrays band of rows by band of rows: ``func(start, stop, arrays)`` fills
+        rows ``[start, stop)`` of every array in ``arrays`` and returns something small.
+
+        The bands go to the workers side by side (one per worker) when ``func`` can reach
+        them (tasks in this process or forked workers, see :attr:`shares_objects`), else
+        ``func`` fills every row here. ``func`` must give the same values whatever the bands.
+
+        Parameters
+        ----------
+        func : callable
+            ``func(start, stop, arrays) -> result``; ``arrays`` maps the names of
+            ``outputs`` to arrays of ``shape``.
+        shape : tuple of int
+            Shape of every output; bands split its first axis.
+        outputs : dict
+            ``{name: dtype}`` of the arrays to fill.
+        label : str, optional
+            Names the work on the progress bar.
+
+        Returns
+        -------
+        arrays : dict
+            ``{name: numpy.ndarray}``, filled.
+        results : list
+            What ``func`` returned for each band, in row order.
+        """
+        nrows = int(shape[0])
+        parallel = self.scheduler != "serial" and self.n_workers > 1 and self.shares_objects
+        n_bands = min(self.n_workers, nrows) if parallel else 1
+        if n_bands == 1:
+            arrays = {name: np.empty(shape, dtype=dtype) for name, dtype in outputs.items()}
+            return arrays, [func(0, nrows, arrays)]
+        refs = {name: self.shared_zeros(shape, dtype) for name, dtype in outputs.items()}
+        task = self.share_object(func)
+        edges = np.linspace(0, nrows, n_bands + 1).round().astype(int)
+        bands = [_RowBand(task, refs, int(start), int(stop))
+                 for start, stop in zip(edges[:-1], edges[1:])]  # fmt: skip
+        results = self.map(_fill_row_band, bands, label=label)
+        return {name: ref.get() for name, ref in refs.items()}, results
 
     @staticmethod
     def portable(obj):

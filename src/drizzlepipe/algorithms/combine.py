@@ -105,7 +105,9 @@ __all__ = [
     "COMBINE_TYPES",
     "MIN_POSITIVE_WEIGHT",
     "CombineResult",
+    "StackCombiner",
     "combine_stack",
+    "sum_rows",
     "weight_masks",
     "weight_thresholds",
 ]
@@ -454,6 +456,30 @@ def weight_thresholds(weights: Any, maskpt: float, *, bufsize: float | None = No
             count += int(np.count_nonzero(positive))
         thresholds[index] = maskpt * (total / count) if count else math.inf
     return thresholds
+
+
+def sum_rows(stack: ImageStack, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+    """Sum of rows ``[start, stop)`` of every image of ``stack``, in float32 and stack order
+    (e.g. the singles' total weight behind each median pixel).
+
+    Parameters
+    ----------
+    stack : ImageStack
+        The images (non-finite values are summed as they are).
+    start, stop : int
+        The rows.
+    out : numpy.ndarray
+        float32 array of shape ``(stop - start, nx)`` for the sums.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``.
+    """
+    stack.read_rows(0, start, stop, out=out)
+    for index in range(1, stack.n_images):
+        np.add(out, stack.read_rows(index, start, stop), out=out, casting="unsafe")
+    return out
 
 
 def weight_masks(weights: Any, maskpt: float, masks: Any = None) -> np.ndarray:
@@ -883,34 +909,56 @@ def _combine_section(reader, section, settings, output) -> int:
 
 
 def combine_stack(
-    images: Any,
-    masks: Any = None,
-    *,
-    combine_type: str = "minmed",
-    nlow: int = 0,
-    nhigh: int = 0,
-    lthresh: float | None = None,
-    hthresh: float | None = None,
-    nsigma: float | Sequence[float] = (4.0, 3.0),
-    grow: int = 1,
-    weights: Any = None,
-    readnoise: float | Sequence[float] | None = None,
-    exptime: float | Sequence[float] | None = None,
-    background: float | Sequence[float] | None = None,
-    sigma_low: float = 3.0,
-    sigma_high: float = 3.0,
-    maxiters: int | None = 5,
-    cenfunc: str = "median",
-    stdfunc: str = "mad_std",
-    fill_value: float = 0.0,
-    maskpt: float | None = None,
-    bufsize: float | None = None,
-    return_empty_count: bool = False,
+    images: Any, masks: Any = None, *, return_empty_count: bool = False, **options: Any
 ) -> np.ndarray | CombineResult:
     """Combine N aligned images pixel by pixel (median, minmed, sigma-clipped mean, ...).
 
     See the module documentation for the combination types and the differences from
     AstroDrizzle.
+
+    Parameters
+    ----------
+    images, masks
+        The inputs, as :class:`StackCombiner` takes them.
+    return_empty_count : bool
+        Return a :class:`CombineResult` ``(image, n_empty)`` instead of the image alone.
+    **options
+        The combination's settings: every keyword of :class:`StackCombiner`.
+
+    Returns
+    -------
+    ndarray of float32, shape (ny, nx), or CombineResult
+        The combined image in the units of ``images``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two images, images or masks/weights of different shapes, ``nlow + nhigh >= N``,
+        negative ``bufsize``, an unknown ``combine_type``, or missing minmed inputs.
+    """
+    combiner = StackCombiner(images, masks, **options)
+    output = np.empty(combiner.shape, dtype=np.float32)
+    n_empty = combiner.combine_rows(0, combiner.shape[0], output)
+    if n_empty:
+        log.debug(
+            "%d of %d pixels had no good input value and were set to %s",
+            n_empty,
+            output.size,
+            options.get("fill_value", 0.0),
+        )
+    if return_empty_count:
+        return CombineResult(output, n_empty)
+    return output
+
+
+class StackCombiner:
+    """One stack's combination, evaluated a band of output rows at a time.
+
+    Checks the settings and computes what depends on whole images (the ``maskpt`` weight
+    thresholds) once; then :meth:`combine_rows` fills any band of rows, with the same values
+    whichever bands the rows are computed in (each row reads its ``grow`` neighbours). This
+    is what lets several workers share one combination
+    (:func:`drizzlepipe.chipwork.combine_in_bands`).
 
     Parameters
     ----------
@@ -958,13 +1006,6 @@ def combine_stack(
     bufsize : float or None
         MiB of float32 rows per input held at a time (default 1 MiB, as AstroDrizzle). Results do
         not depend on it.
-    return_empty_count : bool
-        Return a :class:`CombineResult` ``(image, n_empty)`` instead of the image alone.
-
-    Returns
-    -------
-    ndarray of float32, shape (ny, nx), or CombineResult
-        The combined image in the units of ``images``.
 
     Raises
     ------
@@ -972,61 +1013,101 @@ def combine_stack(
         Fewer than two images, images or masks/weights of different shapes, ``nlow + nhigh >= N``,
         negative ``bufsize``, an unknown ``combine_type``, or missing minmed inputs.
     """
-    image_stack = images if isinstance(images, ImageStack) else ImageStack(images)
-    n = image_stack.n_images
-    weight_stack = None
-    if weights is not None:
-        weight_stack = (
-            weights if isinstance(weights, ImageStack) else ImageStack(weights, name="weights")
-        )
-    settings = _check_settings(
-        n,
-        combine_type,
-        nlow,
-        nhigh,
-        lthresh,
-        hthresh,
-        nsigma,
-        grow,
-        weight_stack,
-        readnoise,
-        exptime,
-        background,
-        sigma_low,
-        sigma_high,
-        maxiters,
-        cenfunc,
-        stdfunc,
-        fill_value,
-    )
-    mask_stack = None
-    if masks is not None:
-        mask_stack = ImageStack(masks, name="masks", allow_none=True)
-    for name, other in (("masks", mask_stack), ("weights", weight_stack)):
-        if other is not None and (other.n_images != n or other.shape != image_stack.shape):
-            raise ValueError(
-                f"{name} ({other.n_images} of shape {other.shape}) do not match the images "
-                f"({n} of shape {image_stack.shape})"
-            )
-    weight_limits = None
-    if maskpt is not None:
-        if weight_stack is None:
-            raise ValueError("maskpt needs the weight images (weights=)")
-        weight_limits = weight_thresholds(weight_stack, maskpt, bufsize=bufsize)
 
-    ny, nx = image_stack.shape
-    sections = plan_row_sections(ny, nx, bufsize=bufsize, halo=settings.grow)
-    capacity = max(section.n_read for section in sections) * nx
-    output = np.empty((ny, nx), dtype=np.float32)
-    reader = _BlockReader(image_stack, mask_stack, weight_stack, weight_limits, settings, capacity)
-    n_empty = sum(_combine_section(reader, section, settings, output) for section in sections)
-    if n_empty:
-        log.debug(
-            "%d of %d pixels had no good input value and were set to %s",
-            n_empty,
-            ny * nx,
-            settings.fill_value,
+    def __init__(
+        self,
+        images: Any,
+        masks: Any = None,
+        *,
+        combine_type: str = "minmed",
+        nlow: int = 0,
+        nhigh: int = 0,
+        lthresh: float | None = None,
+        hthresh: float | None = None,
+        nsigma: float | Sequence[float] = (4.0, 3.0),
+        grow: int = 1,
+        weights: Any = None,
+        readnoise: float | Sequence[float] | None = None,
+        exptime: float | Sequence[float] | None = None,
+        background: float | Sequence[float] | None = None,
+        sigma_low: float = 3.0,
+        sigma_high: float = 3.0,
+        maxiters: int | None = 5,
+        cenfunc: str = "median",
+        stdfunc: str = "mad_std",
+        fill_value: float = 0.0,
+        maskpt: float | None = None,
+        bufsize: float | None = None,
+    ) -> None:
+        image_stack = images if isinstance(images, ImageStack) else ImageStack(images)
+        n = image_stack.n_images
+        weight_stack = None
+        if weights is not None:
+            weight_stack = (
+                weights if isinstance(weights, ImageStack) else ImageStack(weights, name="weights")
+            )
+        settings = _check_settings(
+            n,
+            combine_type,
+            nlow,
+            nhigh,
+            lthresh,
+            hthresh,
+            nsigma,
+            grow,
+            weight_stack,
+            readnoise,
+            exptime,
+            background,
+            sigma_low,
+            sigma_high,
+            maxiters,
+            cenfunc,
+            stdfunc,
+            fill_value,
         )
-    if return_empty_count:
-        return CombineResult(output, n_empty)
-    return output
+        mask_stack = None
+        if masks is not None:
+            mask_stack = ImageStack(masks, name="masks", allow_none=True)
+        for name, other in (("masks", mask_stack), ("weights", weight_stack)):
+            if other is not None and (other.n_images != n or other.shape != image_stack.shape):
+                raise ValueError(
+                    f"{name} ({other.n_images} of shape {other.shape}) do not match the images "
+                    f"({n} of shape {image_stack.shape})"
+                )
+        weight_limits = None
+        if maskpt is not None:
+            if weight_stack is None:
+                raise ValueError("maskpt needs the weight images (weights=)")
+            weight_limits = weight_thresholds(weight_stack, maskpt, bufsize=bufsize)
+        self.shape = image_stack.shape
+        #: Whether every input is an array in memory (see ``ImageStack.in_memory``).
+        self.in_memory = all(
+            stack is None or stack.in_memory for stack in (image_stack, mask_stack, weight_stack)
+        )
+        self._stacks = (image_stack, mask_stack, weight_stack, weight_limits)
+        self._settings = settings
+        self._bufsize = bufsize
+
+    def combine_rows(self, start: int, stop: int, out: np.ndarray) -> int:
+        """Combine output rows ``[start, stop)`` into the same rows of ``out``.
+
+        Parameters
+        ----------
+        start, stop : int
+            The band of rows, ``0 <= start < stop <= ny``.
+        out : numpy.ndarray
+            float32 array of the images' shape ``(ny, nx)``; only the band's rows are written.
+
+        Returns
+        -------
+        int
+            The band's pixels without a good value (set to ``fill_value``).
+        """
+        ny, nx = self.shape
+        sections = plan_row_sections(
+            ny, nx, bufsize=self._bufsize, halo=self._settings.grow, rows=(start, stop)
+        )
+        capacity = max(section.n_read for section in sections) * nx
+        reader = _BlockReader(*self._stacks, self._settings, capacity)
+        return sum(_combine_section(reader, section, self._settings, out) for section in sections)

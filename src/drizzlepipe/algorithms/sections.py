@@ -128,7 +128,12 @@ def rows_per_section(ncols: int, bufsize: float | None = None, halo: int = 0) ->
 
 
 def plan_row_sections(
-    nrows: int, ncols: int, *, bufsize: float | None = None, halo: int = 0
+    nrows: int,
+    ncols: int,
+    *,
+    bufsize: float | None = None,
+    halo: int = 0,
+    rows: tuple[int, int] | None = None,
 ) -> list[RowSection]:
     """Split ``nrows`` rows into blocks bounded by ``bufsize`` MiB per input.
 
@@ -141,11 +146,14 @@ def plan_row_sections(
         AstroDrizzle). The halo rows count against it.
     halo : int
         Rows needed on each side of a row to compute it (minmed: ``grow``).
+    rows : (int, int) or None
+        Only the output rows ``[start, stop)`` (a band of the image, e.g. one worker's);
+        their halos still reach into the rows around them. None: every row.
 
     Returns
     -------
     list of RowSection
-        Blocks in order; their kept rows tile ``[0, nrows)`` exactly once.
+        Blocks in order; their kept rows tile ``[0, nrows)`` (or ``rows``) exactly once.
 
     Notes
     -----
@@ -155,10 +163,13 @@ def plan_row_sections(
     """
     if nrows < 1:
         raise ValueError(f"images must have at least one row, got {nrows}")
+    first, last = (0, nrows) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= first < last <= nrows:
+        raise ValueError(f"rows must be a non-empty range within [0, {nrows}), got {rows}")
     core = rows_per_section(ncols, bufsize, halo)
     sections = []
-    for keep_start in range(0, nrows, core):
-        keep_stop = min(nrows, keep_start + core)
+    for keep_start in range(first, last, core):
+        keep_stop = min(last, keep_start + core)
         sections.append(
             RowSection(
                 read_start=max(0, keep_start - halo),
@@ -254,6 +265,13 @@ class ImageStack:
         self._items = items
         self.n_images = len(items)
         self.shape = shapes[0] if shapes else (0, 0)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether every input is a numpy array (a memory map included): rows are then read
+        from memory, with no file handle whose position concurrent readers would share."""
+        items = [self._cube] if self._items is None else self._items
+        return all(item is None or isinstance(item, np.ndarray) for item in items)
 
     def is_none(self, index: int) -> bool:
         """Whether input ``index`` is absent (``None``)."""

@@ -11,8 +11,9 @@ from contextlib import ExitStack
 import numpy as np
 from astropy.io import fits
 
-from ..algorithms.combine import combine_stack
+from ..algorithms.combine import StackCombiner
 from ..algorithms.sections import ImageStack
+from ..chipwork import combine_in_bands
 from ..datamodels import ResampledModel, open_path
 from ..exceptions import DrizzlepipeInputError
 from ._drizzle_common import apply_carried, carried_metadata
@@ -85,7 +86,8 @@ class CreateMedianStep(DrizStep):
                     len(items),
                 )
             meta = [item["meta"] for item in items]
-            result = combine_stack(
+            weights = ImageStack([item["wht"] for item in items], name="weights")
+            combiner = StackCombiner(
                 ImageStack([item["sci"] for item in items]),
                 combine_type=self.combine_type,
                 nlow=self.nlow,
@@ -94,7 +96,7 @@ class CreateMedianStep(DrizStep):
                 hthresh=self.hthresh,
                 nsigma=_parse_numbers(self.nsigma, "nsigma"),
                 grow=self.grow,
-                weights=ImageStack([item["wht"] for item in items], name="weights"),
+                weights=weights,
                 readnoise=[m["readnoise"] for m in meta],
                 exptime=[m["exptime"] for m in meta],
                 background=[m["sky"] for m in meta],
@@ -104,16 +106,16 @@ class CreateMedianStep(DrizStep):
                 fill_value=np.nan,
                 maskpt=self.maskpt if self.newmasks else _NO_WEIGHT_MASKPT,
                 bufsize=self.bufsize,
-                return_empty_count=True,
             )
-            weight = _total_weight([item["wht"] for item in items])
-            median = self._product(result.image, weight, items)
+            with self.execution() as executor:
+                image, weight, n_empty = combine_in_bands(executor, combiner, weights)
+            median = self._product(image, weight, items)
         npix = median.data.size
         log.info(
             "Median of %d images (%s): %d of %d pixels without a good value",
-            len(items), self.combine_type, result.n_empty, npix,
+            len(items), self.combine_type, n_empty, npix,
         )  # fmt: skip
-        if result.n_empty == npix:
+        if n_empty == npix:
             log.warning("The median rejected every pixel")
         if self.save_results:
             self.save_product(median, self.product_name(), "med")
@@ -212,11 +214,3 @@ def _check_same_grid(items):
             raise DrizzlepipeInputError(
                 meta["filename"], f"on a different grid than {first['filename']}"
             )
-
-
-def _total_weight(weights):
-    total = None
-    for weight in weights:
-        values = np.asarray(weight[:, :] if not isinstance(weight, np.ndarray) else weight)
-        total = values.astype(np.float32) if total is None else total + values
-    return total
