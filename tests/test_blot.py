@@ -15,6 +15,7 @@ from drizzlepipe.algorithms.blot import (
     blot,
     blot_intensity_scale,
     blot_pixmap,
+    fill_hole_rows,
     fill_holes,
     sample_nearest,
 )
@@ -342,6 +343,20 @@ def test_fill_holes_takes_the_nearest_data_pixel_within_reach(rng):
     np.testing.assert_array_equal(into, filled)
     with pytest.raises(ValueError, match="float32"):
         fill_holes(named, out=np.zeros((ny, nx), np.float64))
+
+
+def test_holes_filled_in_any_bands_of_rows_are_those_of_the_whole_image(rng):
+    image, holes = _holey_product(rng, (600, 700))
+    whole, _ = fill_holes(image)
+    # band edges inside tiles, on tile edges, within reach of a tile edge, one-row bands
+    for edges in ((0, 300, 600), (0, 256, 512, 600), (0, 250, 262, 599, 600), (0, 1, 2, 377, 600)):
+        out = np.full(image.shape, 7.0, np.float32)
+        band_holes = [fill_hole_rows(image, a, b, out) for a, b in zip(edges[:-1], edges[1:])]
+        np.testing.assert_array_equal(out, whole)
+        np.testing.assert_array_equal(np.concatenate(band_holes), holes)
+    out = np.full(image.shape, 7.0, np.float32)
+    fill_hole_rows(image, 100, 200, out)
+    assert (out[:100] == 7).all() and (out[200:] == 7).all()  # other rows untouched
 
 
 @pytest.mark.parametrize("interp", ["linear", "poly3", "poly5", "lan3", "lan5"])

@@ -24,6 +24,8 @@ from drizzlepipe.algorithms.blot import blot, fill_holes, sample_nearest
 from drizzlepipe.algorithms.blotcr import BlotMedian, ChipScaling, CosmicRayTest
 from drizzlepipe.algorithms.crdetect import detect_cosmic_rays
 from drizzlepipe.algorithms.pixmap import compute_pixmap
+from drizzlepipe.chipwork import prepare_median
+from drizzlepipe.execution import Executor
 
 
 def _tan(crpix, rotation=0.0, scale=0.05):
@@ -159,6 +161,32 @@ def test_many_band_edges_with_faint_cosmic_rays(monkeypatch, grow, ctegrow):
         monkeypatch.setattr(blotcr, "BAND_ROWS", 1)
         banded = job.run()
         np.testing.assert_array_equal(banded.mask(), whole.mask())
+
+
+@pytest.mark.parametrize("with_weight", [True, False])
+def test_the_median_is_prepared_alike_in_bands_on_every_scheduler(with_weight, rng):
+    ny, nx = 530, 300
+    median = rng.uniform(1, 2, (ny, nx)).astype(np.float32)
+    median[:40, :] = np.nan  # uncovered rows across the first band
+    median[rng.random((ny, nx)) < 0.01] = np.nan
+    weight = rng.uniform(100, 2000, (ny, nx)).astype(np.float32) if with_weight else None
+    whole = BlotMedian.prepare(median, None, weight=weight)
+    holes = np.isnan(median)
+    np.testing.assert_array_equal(whole.filled, fill_holes(median)[0])
+    if with_weight:
+        assert whole.holes_in_weight and whole.holes is None
+        np.testing.assert_array_equal(whole.weight, np.where(holes, np.float32(-1), weight))
+    else:
+        np.testing.assert_array_equal(whole.holes, holes.astype(np.float32))
+    for scheduler in ("serial", "threads", "processes"):
+        with Executor(scheduler, n_workers=2) as executor:
+            banded = prepare_median(executor, median, None, weight=weight)
+        for name in ("filled", "holes", "weight"):
+            np.testing.assert_array_equal(getattr(banded, name), getattr(whole, name))
+        assert banded.holes_in_weight == whole.holes_in_weight
+    # without holes nothing marks them
+    clean = BlotMedian.prepare(np.ones((ny, nx), np.float32), None, weight=weight)
+    assert clean.holes is None and not clean.holes_in_weight
 
 
 @pytest.mark.parametrize("offset", [(0.0, 0.0), (0.0, 120.0)])  # all on, half off the median

@@ -5,6 +5,7 @@ module decides how the chips reach the workers and how the results come back.
   singles), all in one map when they stay in memory, else a worker's worth at a time;
 * :func:`drizzle_all` drizzles every chip onto one grid in ``runs`` partial accumulations
   side by side and merges them in order (the final product);
+* :func:`prepare_median` fills the median's holes for blotting, in bands of rows side by side;
 * :func:`check_chips` blots the median onto every chip and finds its cosmic rays, yielding the
   results a set of files at a time, with the chips borrowed for the caller to record them;
 * :func:`write_copies_in_workers` writes copies of input files (``_crf``) in the workers;
@@ -33,6 +34,7 @@ from .algorithms.blotcr import (
     BlotMedian,
     ChipScaling,
     CosmicRayTest,
+    MedianPreparation,
     blot_and_detect,
     unpack_mask,
 )
@@ -69,6 +71,7 @@ __all__ = [
     "drizzle_all",
     "FinalDrizzle",
     "check_chips",
+    "prepare_median",
     "write_copies_in_workers",
     "combine_in_bands",
     "ChipJob",
@@ -628,6 +631,16 @@ def find_cosmic_rays(job):
         no_seed = unpack_mask(job.no_seed.get(), data.shape)
     return blot_and_detect(data, job.wcs, median, job.scaling, job.test, err=err,
                            no_seed=no_seed, keep_blot=job.keep_blot, label=job.label)  # fmt: skip
+
+
+def prepare_median(executor, median, wcs, weight=None):
+    """:meth:`BlotMedian.prepare <drizzlepipe.algorithms.blotcr.BlotMedian.prepare>`, in one
+    band of rows per worker (:meth:`Executor.map_row_bands`)."""
+    preparation = MedianPreparation(median, weight)
+    arrays, n_holes = executor.map_row_bands(
+        preparation, median.shape, preparation.outputs, label="Median holes"
+    )
+    return preparation.result(arrays, sum(n_holes), wcs)
 
 
 def check_chips(executor, library, units, median, plan, *, few):

@@ -47,6 +47,7 @@ __all__ = [
     "blot_intensity_scale",
     "blot_pixmap",
     "fill_holes",
+    "fill_hole_rows",
     "sample_nearest",
 ]
 
@@ -257,30 +258,56 @@ def fill_holes(image, reach=STENCIL_REACH, out=None):
     if out is not None and (out.shape != image.shape or out.dtype != np.float32):
         raise ValueError(f"out must be float32 of shape {image.shape}")
     filled = np.empty_like(image) if out is None else out
-    if invalid.all():
-        filled[...] = 0.0
-        return filled, invalid
-    np.copyto(filled, image)
-    filled[invalid] = 0.0
+    fill_hole_rows(image, 0, image.shape[0], filled, reach)
+    return filled, invalid
+
+
+def fill_hole_rows(image, start, stop, out, reach=STENCIL_REACH):
+    """Rows ``[start, stop)`` of what :func:`fill_holes` makes of ``image``, into the same
+    rows of ``out``; the same values whichever bands of rows are filled (the tiles are
+    anchored at row 0 and read the image around the band), so workers can share the work.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        float32 2-D product with NaN (or inf) where it has no data.
+    start, stop : int
+        The band of rows.
+    out : numpy.ndarray
+        float32 array of the image's shape; only the band's rows are written.
+    reach : int
+        As :func:`fill_holes`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean map of the band's holes, ``(stop - start, nx)``.
+    """
     ny, nx = image.shape
+    invalid = ~np.isfinite(image[start:stop])
+    np.copyto(out[start:stop], image[start:stop])
+    if not invalid.any():
+        return invalid
+    out[start:stop][invalid] = 0.0
     tile = _FILL_TILE
-    for y0 in range(0, ny, tile):
+    for y0 in range(start - start % tile, stop, tile):
         y1 = min(ny, y0 + tile)
+        first, last = max(y0, start), min(y1, stop)  # the tile's rows in the band
         # columns of this row of tiles that hold holes
-        columns = np.flatnonzero(invalid[y0:y1].any(axis=0))
+        columns = np.flatnonzero(invalid[first - start : last - start].any(axis=0))
         for x0 in np.unique(columns // tile) * tile:
             x1 = min(nx, x0 + tile)
             top, bottom = max(0, y0 - reach), min(ny, y1 + reach)
             left, right = max(0, x0 - reach), min(nx, x1 + reach)
-            padded = invalid[top:bottom, left:right]
+            padded = ~np.isfinite(image[top:bottom, left:right])
             if padded.all():
-                continue  # no data within reach of this tile
+                continue  # no data within reach of this tile: its holes stay 0
             distance, (rows, cols) = ndimage.distance_transform_edt(padded, return_indices=True)
-            inner = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+            inner = (slice(first - top, last - top), slice(x0 - left, x1 - left))
             fill = padded[inner] & (distance[inner] <= reach)
             values = image[top:bottom, left:right][rows[inner], cols[inner]]
-            filled[y0:y1, x0:x1][fill] = values[fill]
-    return filled, invalid
+            out[first:last, x0:x1][fill] = values[fill]
+    return invalid
 
 
 def sample_nearest(image, pixmap, fill_value=0.0):

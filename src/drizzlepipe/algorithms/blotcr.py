@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from .blot import blot, fill_holes, sample_nearest
+from .blot import blot, fill_hole_rows, sample_nearest
 from .crdetect import CTEGrowthSkippedWarning, detect_cosmic_rays
 from .pixmap import PixmapRows
 
 __all__ = [
     "BAND_ROWS",
     "BlotMedian",
+    "MedianPreparation",
     "ChipScaling",
     "CosmicRayTest",
     "CosmicRayResult",
@@ -142,15 +143,46 @@ class BlotMedian:
     @classmethod
     def prepare(cls, median, wcs, weight=None):
         """Fill the holes (NaN) of ``median``; ``weight``: the singles' total weight [s]
-        behind every median pixel, to count the median's own noise (None: not counted)."""
-        filled, holes = fill_holes(median)
-        if holes is not None and weight is not None:
-            weight = np.where(holes, np.float32(-1.0), weight).astype(np.float32)
-            return cls(filled, None, weight, True, wcs)
-        if weight is not None:
-            weight = np.asarray(weight, dtype=np.float32)
-        holes = holes.astype(np.float32) if holes is not None else None
-        return cls(filled, holes, weight, False, wcs)
+        behind every median pixel, to count the median's own noise (None: not counted).
+        (:class:`MedianPreparation` does the same a band of rows at a time.)"""
+        preparation = MedianPreparation(median, weight)
+        arrays = {
+            name: np.empty(median.shape, dtype) for name, dtype in preparation.outputs.items()
+        }
+        n_holes = preparation(0, median.shape[0], arrays)
+        return preparation.result(arrays, n_holes, wcs)
+
+
+@dataclass
+class MedianPreparation:
+    """The arrays of :meth:`BlotMedian.prepare`, filled a band of rows at a time (the same
+    values whichever bands): ``filled`` (the median with its holes filled, see
+    :func:`~drizzlepipe.algorithms.blot.fill_hole_rows`) and ``weight`` (-1 at the holes)
+    or, without a weight, ``holes`` (1.0 at the holes)."""
+
+    median: np.ndarray  # float32, NaN at the holes
+    weight: np.ndarray | None
+
+    @property
+    def outputs(self):
+        """``{name: dtype}`` of the arrays to fill."""
+        return {"filled": np.float32, "weight" if self.weight is not None else "holes": np.float32}
+
+    def __call__(self, start, stop, arrays):
+        """Fill rows ``[start, stop)`` of ``arrays``; returns how many holes they hold."""
+        holes = fill_hole_rows(self.median, start, stop, arrays["filled"])
+        if self.weight is not None:
+            np.copyto(arrays["weight"][start:stop], self.weight[start:stop], casting="unsafe")
+            arrays["weight"][start:stop][holes] = -1.0
+        else:
+            np.copyto(arrays["holes"][start:stop], holes)
+        return int(np.count_nonzero(holes))
+
+    def result(self, arrays, n_holes, wcs):
+        """The :class:`BlotMedian` of the filled ``arrays`` (``n_holes`` in all)."""
+        if self.weight is not None:
+            return BlotMedian(arrays["filled"], None, arrays["weight"], n_holes > 0, wcs)
+        return BlotMedian(arrays["filled"], arrays["holes"] if n_holes else None, None, False, wcs)
 
 
 @dataclass

@@ -19,11 +19,11 @@ import numpy as np
 from astropy.io import fits
 
 from ..algorithms.blot import blot_intensity_scale
-from ..algorithms.blotcr import BlotMedian, ChipScaling, CosmicRayTest
+from ..algorithms.blotcr import ChipScaling, CosmicRayTest
 from ..algorithms.crdetect import parse_pair, summarize_cr_mask
 from ..algorithms.grid import pixel_scale
 from ..algorithms.resample import pixel_area_ratio
-from ..chipwork import check_chips, write_copies_in_workers
+from ..chipwork import check_chips, prepare_median, write_copies_in_workers
 from ..datamodels import ResampledModel, dqflags, open_path
 from ..datamodels.conversions import bad_pixels, chip_label, data_with_sky, electrons_factor
 from ..datamodels.writers import plan_copies, write_chip_arrays, write_copies
@@ -110,11 +110,11 @@ class BlotCRStep(DrizStep):
         median_scale = pixel_scale(median.meta.wcs, median.data.shape)
         # the singles' total weight behind every median pixel, for the median's own noise
         weight = median.wht if self.median_noise else None
-        prepared = BlotMedian.prepare(median.data, median.meta.wcs, weight=weight)
         library = self.prepare_library(input_data)
         totals = {"chips": 0, "flagged": 0, "pixels": 0, "unflagged": [], "copies": 0}
         keep_blots = self.save_blot or self.corr
         with self.execution() as executor, library:
+            prepared = prepare_median(executor, median.data, median.meta.wcs, weight=weight)
             # results a set of whole files at a time (one exposure each, except STIS files of
             # several imsets), so that a file's _crf copy is written once, complete
             units = library.file_groups
