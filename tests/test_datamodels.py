@@ -156,3 +156,24 @@ def test_schemas_are_registered_with_asdf():
     for name in ("core", "image", "resampled"):
         schema = asdf.schema.load_schema(f"http://drizzlepipe.org/schemas/{name}.schema")
         assert schema["id"].endswith(f"{name}.schema")
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint16, np.uint8])
+def test_bad_pixel_masks_are_the_dq_bits_outside_good_bits(dtype):
+    from drizzlepipe.datamodels.dqflags import any_bits_set, bad_pixel_mask
+
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    dq = rng.integers(0, top, (300, 70), endpoint=True).astype(dtype)
+    dq[rng.random(dq.shape) < 0.5] = 0
+    wide = dq.astype(np.int64)
+    for bits in (1, 4096, 0xFFFF, 0xFFFFFFFF, ~4096 & 0xFFFFFFFF, 0):
+        np.testing.assert_array_equal(any_bits_set(dq, bits), (wide & bits) != 0)
+    # good_bits as AstroDrizzle and the JWST pipeline write them
+    np.testing.assert_array_equal(bad_pixel_mask(dq, 0), dq != 0)
+    np.testing.assert_array_equal(bad_pixel_mask(dq, "4+8"), (wide & ~12) != 0)
+    np.testing.assert_array_equal(bad_pixel_mask(dq, "~4"), (wide & 4) != 0)
+    assert not bad_pixel_mask(dq, None).any()
+    jwst = bad_pixel_mask(dq, "~DO_NOT_USE", convention="jwst")
+    np.testing.assert_array_equal(jwst, (wide & 1) != 0)
+    assert any_bits_set(np.zeros((0, 3), np.uint32), 1).shape == (0, 3)

@@ -97,9 +97,9 @@ def bad_pixels(model, good_bits, *, use_static=True, crbit=None):
     convention = model.meta.dq_convention or "hst"
     bad = dqflags.bad_pixel_mask(model.dq, good_bits, convention)
     if crbit:
-        bad |= (model.dq & np.uint32(crbit)) != 0
+        bad |= dqflags.any_bits_set(model.dq, crbit)
     if use_static and model.static_mask is not None:
-        bad |= model.static_mask.astype(bool)
+        np.logical_or(bad, model.static_mask, out=bad)
     return bad
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "flag_map",
     "interpret_good_bits",
     "bad_pixel_mask",
+    "any_bits_set",
     "default_crbit",
     "resetbits_value",
 ]
@@ -164,5 +165,44 @@ def bad_pixel_mask(dq, good_bits, convention="hst"):
     dq = np.asarray(dq)
     if bits is None:
         return np.zeros(dq.shape, dtype=bool)
-    bad_bits = np.uint32(~bits & 0xFFFFFFFF)
-    return (dq.astype(np.uint32, copy=False) & bad_bits) != 0
+    return any_bits_set(dq, ~bits & 0xFFFFFFFF)
+
+
+#: Pixels per block of :func:`any_bits_set`: its temporary stays in the CPU's cache.
+_BLOCK_PIXELS = 1 << 16
+
+
+def any_bits_set(dq, bits):
+    """Boolean mask, True where ``dq`` has any of ``bits`` set.
+
+    Evaluated a block of rows at a time: ``dq & bits`` of a whole chip would be a temporary
+    as large as the DQ (33 MB for a UVIS chip), new memory every time, for a bool result a
+    quarter of that size.
+
+    Parameters
+    ----------
+    dq : ndarray of int
+        Data-quality array (any unsigned or non-negative integer type).
+    bits : int
+        The bits to look for (0-0xFFFFFFFF).
+
+    Returns
+    -------
+    ndarray of bool
+        Of the shape of ``dq``.
+    """
+    dq = np.asarray(dq)
+    bits = int(bits) & 0xFFFFFFFF
+    if dq.dtype.kind == "u" and bits & int(np.iinfo(dq.dtype).max) == np.iinfo(dq.dtype).max:
+        return dq != 0  # every bit the type can hold counts
+    mask = np.empty(dq.shape, dtype=bool)
+    if dq.ndim == 0 or dq.size == 0:
+        mask[...] = (dq.astype(np.uint32) & np.uint32(bits)) != 0
+        return mask
+    rows = dq.reshape(-1, dq.shape[-1]) if dq.ndim > 1 else dq.reshape(1, -1)
+    out = mask.reshape(rows.shape)
+    step = max(1, _BLOCK_PIXELS // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        block = rows[start : start + step].astype(np.uint32, copy=False)
+        np.not_equal(np.bitwise_and(block, np.uint32(bits)), 0, out=out[start : start + step])
+    return mask

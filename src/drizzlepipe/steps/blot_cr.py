@@ -221,7 +221,7 @@ class BlotCRStep(DrizStep):
         crbit = self.inherited("crbit") or dqflags.default_crbit(model.meta.dq_convention or "hst")
         # counted on pixels the input had not flagged already (a bad column differs from the
         # blot too, and is left out of the products anyway)
-        flagged_before = (model.dq & np.uint32(~int(crbit) & 0xFFFFFFFF)) != 0
+        flagged_before = dqflags.any_bits_set(model.dq, ~int(crbit))
         set_own_flags(model, cr_mask, crbit)
         summary = summarize_cr_mask(cr_mask, excluded=flagged_before)
         totals["flagged"] += int(summary.n_flagged)
