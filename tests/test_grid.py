@@ -18,6 +18,7 @@ from drizzlepipe.algorithms.grid import (
     grid_from_reference,
     orientation,
     pixel_scale,
+    position_runs,
 )
 from drizzlepipe.algorithms.pixmap import compute_pixmap
 from hrcwcs import HRC_IDCSCALE, HRC_SHAPE, hrc_wcs
@@ -353,3 +354,17 @@ def test_default_grid_agrees_with_stwcs_output_wcs():
     sky = ours.wcs.all_pix2world([[nx / 2, ny / 2]], 0)
     their_xy = theirs.all_world2pix(sky, 0)[0]
     assert np.hypot(their_xy[0] - their_nx / 2, their_xy[1] - their_ny / 2) < 1.5
+
+
+def test_runs_by_position_put_each_chip_position_in_one_run():
+    # four WFC3/UVIS-like exposures: the lower chips span rows 0-2131, the upper 2082-4213
+    lower = [(4.7, 2127.8), (3.4, 2123.7), (-0.2, 2124.1), (11.4, 2131.0)]
+    upper = [(2086.9, 4210.0), (2085.6, 4205.9), (2082.0, 4206.2), (2093.6, 4213.2)]
+    extents = [chip for pair in zip(lower, upper) for chip in pair]  # input order
+    assert position_runs(extents, 2) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert position_runs(extents, 1) == [list(range(8))]
+    # equal pixels per run; chips of unknown position last; never an empty run
+    assert position_runs([(0, 9), (0, 9), (0, 9)], 2, weights=[1, 1, 2]) == [[0, 1], [2]]
+    assert position_runs([None, (0, 5), None], 3) == [[1], [0], [2]]
+    assert position_runs([(0, 1)], 4) == [[0]]
+    assert position_runs([], 2) == [[]]

@@ -10,6 +10,7 @@ from astropy.wcs import WCS
 
 from drizzlepipe.algorithms.pixmap import (
     PixmapRows,
+    chip_rows_on_grid,
     compute_pixmap,
     pixmap_extent,
     pixmap_input_pixel_size,
@@ -204,3 +205,28 @@ def test_border_of_the_map_from_its_outer_rows_and_columns(stepsize):
     np.testing.assert_allclose(rows.outline_extent(), pixmap_outline_extent(whole), atol=1e-10)
     assert rows.input_pixel_size() == pytest.approx(pixmap_input_pixel_size(whole), abs=1e-12)
     assert PixmapRows(chip, (1, 40), grid).outline_extent() is None  # one row: no outline
+
+
+@pytest.mark.parametrize("stepsize", [1, 10])
+def test_a_map_onto_a_band_of_the_grid_is_the_map_less_the_band_origin(stepsize):
+    # what a partial accumulation on the rows its chips reach is given: positions from the
+    # band's first row; an integer offset keeps every position's fraction exactly
+    chip = hrc_wcs()
+    grid = tan_wcs(crval=(chip.wcs.crval[0], chip.wcs.crval[1]), crpix=(700.0, 700.0))
+    whole = PixmapRows(chip, HRC_SHAPE, grid, stepsize=stepsize)
+    band = PixmapRows(chip, HRC_SHAPE, grid, stepsize=stepsize, origin=(0.0, 300.0))
+    full = whole.rows(100, 300)
+    np.testing.assert_array_equal(band.rows(100, 300)[..., 0], full[..., 0])
+    np.testing.assert_array_equal(band.rows(100, 300)[..., 1], full[..., 1] - 300.0)
+    np.testing.assert_array_equal(band.columns([0, 7])[..., 1], whole.columns([0, 7])[..., 1] - 300)
+    x_min, x_max, y_min, y_max = whole.outline_extent()
+    assert band.outline_extent() == pytest.approx((x_min, x_max, y_min - 300, y_max - 300))
+
+
+def test_rows_of_the_grid_a_chip_spans_bound_its_whole_map():
+    chip = hrc_wcs()
+    grid = tan_wcs(crval=(chip.wcs.crval[0], chip.wcs.crval[1]), crpix=(700.0, 700.0), rotation=30)
+    _, _, y_min, y_max = pixmap_outline_extent(compute_pixmap(chip, HRC_SHAPE, grid))
+    low, high = chip_rows_on_grid(chip, HRC_SHAPE, grid)
+    # the outline's pixel edges, sampled every 64 pixels along a side that distortion bends
+    assert low == pytest.approx(y_min, abs=0.05) and high == pytest.approx(y_max, abs=0.05)

@@ -419,8 +419,9 @@ def test_received_partials_merge_in_place_exactly(rng, monkeypatch, given):
     """What the final step does with the workers' runs: every partial is received and the
     first takes the others' sums and context bits into its own arrays, a block of rows at a
     time. Partials with all the planes of the inputs (``given``: what the workers' output
-    buffers hold) take the context bits into the first one's planes; otherwise the first
-    run's single plane grows to the second's two."""
+    buffers hold, and what accumulators sized for every input ship) take the context bits
+    into the first one's planes; otherwise the first run's single plane grows to the
+    second's two."""
     from drizzlepipe.algorithms import resample
 
     monkeypatch.setattr(resample, "_COMBINE_BLOCK_PIXELS", 60)  # 2 rows a block: 12 blocks
@@ -440,16 +441,11 @@ def test_received_partials_merge_in_place_exactly(rng, monkeypatch, given):
 
     reference = merge_accumulators([run(0, 20), run(20, 40)]).finalize()
     partials = [run(0, 20).partial(), run(20, 40).partial()]
-    assert [partial.context.shape[0] for partial in partials] == [1, 2]
-    if given:
-        # as received from the workers' output buffers: every plane of each
-        partials = [
-            replace(
-                partial,
-                context=np.concatenate([partial.context, np.zeros_like(partial.context)])[:2],
-            )
-            for partial in partials
-        ]
+    # chips numbered by drizzle as their ids: each partial has the planes of all 40 inputs
+    assert [partial.context.shape[0] for partial in partials] == [2, 2]
+    if not given:
+        # a first partial with only the plane its ids need
+        partials[0] = replace(partials[0], context=partials[0].context[:1].copy())
     first, second = (DrizzleAccumulator.from_partial(p, kernel="square") for p in partials)
     merged = merge_accumulators([first, second]).finalize()
     assert merged.data is partials[0].img  # combined in place
@@ -639,22 +635,42 @@ def test_a_chip_on_the_grid_drizzled_in_bands_equals_the_whole_chip(kernel, rng,
         np.testing.assert_allclose(getattr(banded, name), getattr(whole, name), rtol=3e-7)
 
 
-def test_a_chip_crossing_the_grid_edge_takes_the_whole_map(rng, monkeypatch):
-    # bands only for chips on the grid: a chip over the edge goes onto its own sub-grid, from
-    # its whole map, exactly as when the map is given
+@pytest.mark.parametrize("cut", ["top", "bottom", "both"])
+def test_a_chip_crossing_the_grid_edge_goes_band_by_band(monkeypatch, cut):
+    # Over the edge of the grid, each band of the chip takes its own path: straight to drizzle
+    # on the grid, onto a sub-grid of its own across the edge (drizzle 3.0 drops pixels of
+    # images that cross its output's edge), not at all off it. The whole map takes one
+    # sub-grid for the whole chip: the same weights, context and means up to float32
+    # rounding (merged sums: measured 3e-7 relative).
     chip, _ = _hrc_scene()
     grid = default_output_grid(
         [chip], [HRC_SHAPE], reference_scale=HRC_IDCSCALE, rotation=0.0, pixel_scale_ratio=1.2
     )
-    small = replace(grid, shape=(grid.shape[0] - 200, grid.shape[1]))
-    whole, banded, banded_chips = _banded_and_whole("square", small, rng, monkeypatch)
-    assert (
-        banded_chips == 0
-        and np.isfinite(whole.data).sum()
-        < np.isfinite(_banded_and_whole("square", grid, rng, monkeypatch)[0].data).sum()
-    )  # the chip does reach past the smaller grid
-    for name in ("data", "wht", "err", "context"):
-        np.testing.assert_array_equal(getattr(banded, name), getattr(whole, name))
+    ny = grid.shape[0]
+    rows = {"top": (0, ny - 200), "bottom": (300, ny), "both": (300, ny - 200)}[cut]
+    band_wcs = grid.wcs.deepcopy()
+    band_wcs.wcs.crpix[1] -= rows[0]
+    small = replace(grid, wcs=band_wcs, shape=(rows[1] - rows[0], grid.shape[1]))
+    crossing = []
+    original = DrizzleAccumulator._add_crossing_in_bands
+    monkeypatch.setattr(DrizzleAccumulator, "_add_crossing_in_bands",
+                        lambda self, *a: crossing.append(1) or original(self, *a))  # fmt: skip
+    same_bad_pixels = 7  # the seed of both calls' bad-pixel masks
+    whole, banded, banded_chips = _banded_and_whole(
+        "square", small, np.random.default_rng(same_bad_pixels), monkeypatch
+    )
+    full = _banded_and_whole("square", grid, np.random.default_rng(same_bad_pixels), monkeypatch)[0]
+    assert banded_chips == 0 and crossing == [1]
+    assert np.isfinite(whole.data).sum() < np.isfinite(full.data).sum()  # it does cross
+    np.testing.assert_array_equal(banded.context, whole.context)
+    np.testing.assert_array_equal(np.isnan(banded.data), np.isnan(whole.data))
+    for name in ("data", "wht", "err"):
+        np.testing.assert_allclose(
+            getattr(banded, name), getattr(whole, name), rtol=1e-6, atol=0, equal_nan=True
+        )
+    # what falls on the band is what the full grid has there
+    inside = slice(rows[0], rows[1])
+    np.testing.assert_allclose(banded.wht, full.wht[inside], rtol=1e-6, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -846,3 +862,44 @@ def test_drizzle_agrees_with_drizzlepac_do_driz(kernel):
     assert np.median(relative) < 1e-3
     assert np.percentile(relative, 99) < 1e-3
     assert np.allclose(ours.wht[covered], out_wht[covered], rtol=1e-4)
+
+
+@pytest.mark.parametrize("crossing", [False, True])  # the upper chip inside / across the edge
+def test_a_run_on_the_rows_its_chips_reach_merges_into_the_whole_grid(crossing):
+    # What the final drizzle does with a run of chips at one position of the detector: its
+    # accumulation holds only the rows its chips reach (maps from origin (0, start)), and is
+    # merged into the whole-grid run at that row. Against one accumulation of both chips:
+    # context exact, sums up to float32 rounding of the merge.
+    lower, data = _hrc_scene()
+    upper = lower.deepcopy()
+    upper.wcs.crpix[1] -= 600  # the same chip 600 rows higher
+    grid = default_output_grid(
+        [lower, upper], [HRC_SHAPE] * 2, reference_scale=HRC_IDCSCALE, rotation=0.0
+    )
+    ny, nx = grid.shape
+    y_min = PixmapRows(upper, HRC_SHAPE, grid.wcs, 10).outline_extent()[2]
+    window_start = math.floor(y_min) - 2 + (60 if crossing else 0)
+    args = dict(exptime=60.0, variance=np.abs(data) + 4.0, in_units="counts")
+    whole = DrizzleAccumulator(grid.shape, n_inputs=2)
+    for index, chip in enumerate((lower, upper)):
+        whole.add_chip(data, PixmapRows(chip, HRC_SHAPE, grid.wcs, 10), context_id=index, **args)
+    expected = whole.finalize()
+
+    first = DrizzleAccumulator(grid.shape, n_inputs=2)
+    first.add_chip(data, PixmapRows(lower, HRC_SHAPE, grid.wcs, 10), context_id=0, **args)
+    window = DrizzleAccumulator((ny - window_start, nx), n_inputs=2)
+    band_map = PixmapRows(upper, HRC_SHAPE, grid.wcs, 10, origin=(0.0, float(window_start)))
+    window.add_chip(data, band_map, context_id=1, **args)
+    # across the edge, the rows the chip has below the window are left out (the final
+    # drizzle's windows hold every row their chips reach): compare the window's rows there
+    assert (band_map.outline_extent()[2] < -0.5) == crossing
+    merged = first.merge(window, row_offset=window_start).finalize()
+    rows = slice(window_start, ny) if crossing else slice(0, ny)
+    np.testing.assert_array_equal(merged.context[rows], expected.context[rows])
+    for name in ("data", "wht", "err"):
+        np.testing.assert_allclose(
+            getattr(merged, name)[rows], getattr(expected, name)[rows], rtol=2e-6, atol=0,
+            equal_nan=True,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="cannot merge"):
+        DrizzleAccumulator(grid.shape, n_inputs=2).merge(window, row_offset=ny - 10)

@@ -4,7 +4,8 @@ module decides how the chips reach the workers and how the results come back.
 * :func:`drizzle_exposures` drizzles each exposure onto the grid into its own output (the
   singles), all in one map when they stay in memory, else a worker's worth at a time;
 * :func:`drizzle_all` drizzles every chip onto one grid in ``runs`` partial accumulations
-  side by side and merges them in order (the final product);
+  of chips by position, side by side, each but the first on the rows its chips reach, and
+  merges them in order (the final product);
 * :func:`prepare_median` fills the median's holes for blotting, in bands of rows side by side;
 * :func:`check_chips` blots the median onto every chip and finds its cosmic rays, yielding the
   results a set of files at a time, with the chips borrowed for the caller to record them;
@@ -39,14 +40,14 @@ from .algorithms.blotcr import (
     unpack_mask,
 )
 from .algorithms.combine import StackCombiner, sum_rows
-from .algorithms.grid import pixel_scale
-from .algorithms.pixmap import PixmapRows
+from .algorithms.grid import pixel_scale, position_runs
+from .algorithms.pixmap import PixmapRows, chip_rows_on_grid
 from .algorithms.resample import (
     CONTEXT_PLANE_BITS,
     DrizzleAccumulator,
+    PartialDrizzle,
     ResampleInputError,
     build_weight,
-    merge_accumulators,
 )
 from .algorithms.sections import ImageStack
 from .datamodels import dqflags
@@ -193,28 +194,36 @@ class FinalDrizzle:
 def drizzle_all(executor, library, grid, settings, *, runs):
     """Drizzle every chip of ``library`` onto ``grid``; context bit ``i`` is chip ``i``.
 
-    The chips go in ``runs`` contiguous runs of library order, one partial accumulation each
-    (side by side on worker processes; drizzle's kernel holds the GIL, so threads would take
-    turns), merged in that order: the product's last bits depend on ``runs`` only, never on
-    the scheduler or the machine. Each run holds a set of output arrays (``runs=1``: the
-    least memory).
+    The chips go in ``runs`` runs by their position on the grid (:func:`position_runs`), one
+    partial accumulation each, side by side on worker processes (drizzle's kernel holds the
+    GIL, so threads would take turns), merged in that order. The first run holds arrays for
+    the whole grid, which become the product; every other run holds arrays for the rows its
+    chips reach only (for WFC3/UVIS or ACS/WFC, each chip position is one run and half of the
+    grid). The product's last bits depend on ``runs`` and the chips' positions only, never on
+    the scheduler or the machine.
 
     Returns
     -------
     FinalDrizzle
     """
     n_chips = len(library)
-    fillval = settings.fillval
+    ny, nx = grid.shape
+    infos = [library.chip_info(index) for index in range(n_chips)]
+    extents = [_rows_on_grid(info, grid) for info in infos]
+    groups = position_runs(extents, runs, weights=[math.prod(info.shape) for info in infos])
     with ChipSources(library, executor) as sources:
-        jobs = []
-        for run in np.array_split(np.arange(n_chips), min(runs, n_chips)):
-            chips = [sources.chip(int(i), grid.pixel_scale, context_id=int(i),
-                                  **settings.chip_options()) for i in run]  # fmt: skip
+        jobs, windows = [], []
+        for run, group in enumerate(groups):
+            start, stop = (0, ny) if run == 0 else _rows_reached(extents, group, ny)
+            chips = [sources.chip(index, grid.pixel_scale, context_id=index,
+                                  **settings.chip_options()) for index in group]  # fmt: skip
             job = settings.job(chips, grid, executor, finalize=False, n_inputs=n_chips,
-                               first_context_id=int(run[0]))  # fmt: skip
-            job.out = output_buffers(executor, grid.shape, err=settings.compute_err,
+                               first_context_id=group[0])  # fmt: skip
+            job.grid_shape, job.origin = (stop - start, nx), (0.0, float(start))
+            job.out = output_buffers(executor, job.grid_shape, err=settings.compute_err,
                                      context=settings.context, n_inputs=n_chips)  # fmt: skip
             jobs.append(job)
+            windows.append(start)
         log.info(
             "Final drizzle: %d chips in %d run(s) on %d worker(s) (%s)",
             n_chips, len(jobs), executor.n_workers, executor.scheduler,
@@ -224,17 +233,74 @@ def drizzle_all(executor, library, grid, settings, *, runs):
             result.partial = received(result.partial)
         del jobs
     partials = [
-        DrizzleAccumulator.from_partial(result.partial, kernel=settings.kernel, fillval=fillval)
-        for result in results
+        (
+            DrizzleAccumulator.from_partial(
+                result.partial, kernel=settings.kernel, fillval=settings.fillval
+            ),
+            start,
+        )  # fmt: skip
+        for result, start in zip(results, windows)
         if result.partial is not None
     ]
-    product = merge_accumulators(partials).finalize() if partials else None
+    product = None
+    if partials:
+        first, first_start = partials[0]
+        if first_start != 0 or first.out_shape != grid.shape:  # the whole-grid run added nothing
+            first = DrizzleAccumulator.from_partial(
+                _empty_partial(grid.shape, settings, n_chips), kernel=settings.kernel,
+                fillval=settings.fillval,
+            )  # fmt: skip
+            partials.insert(0, (first, 0))
+        for other, start in partials[1:]:
+            first.merge(other, row_offset=start)
+        product = first.finalize()
+    chips = sorted((chip for result in results for chip in result.chips),
+                   key=lambda chip: _library_order(infos)[chip[0]])  # fmt: skip
     return FinalDrizzle(
         product=product,
-        chips=[chip for result in results for chip in result.chips],
+        chips=chips,
         added={label for result in results for label in result.added},
         skipped=[reason for result in results for reason in result.skipped],
     )
+
+
+# Output rows beyond a chip's outline that its drops can still reach (the kernels' reach, a
+# lanczos kernel's lobes) and that the sampling of the outline may miss.
+_ROW_MARGIN = 8
+
+
+def _rows_on_grid(info, grid):
+    """The output rows a chip's outline spans, or None (then its run takes every row)."""
+    try:
+        return chip_rows_on_grid(info.wcs, info.shape, grid.wcs)
+    except Exception:  # noqa: BLE001 - an outline that cannot be mapped
+        return None
+
+
+def _rows_reached(extents, group, n_rows):
+    """``[start, stop)``: the output rows the chips of ``group`` can reach."""
+    spans = [extents[index] for index in group]
+    if any(span is None for span in spans):
+        return 0, n_rows
+    start = math.floor(min(span[0] for span in spans) - _ROW_MARGIN)
+    stop = math.ceil(max(span[1] for span in spans) + _ROW_MARGIN) + 1
+    start, stop = max(start, 0), min(stop, n_rows)
+    return (start, stop) if start < stop else (0, n_rows)
+
+
+def _library_order(infos):
+    return {chip_label(info): index for index, info in enumerate(infos)}
+
+
+def _empty_partial(shape, settings, n_chips):
+    """Zero sums for the whole grid, for runs that all added nothing on the whole-grid run."""
+    n_planes = (max(int(n_chips), 1) - 1) // CONTEXT_PLANE_BITS + 1
+    return PartialDrizzle(
+        img=np.zeros(shape, np.float32), wht=np.zeros(shape, np.float32),
+        var=np.zeros(shape, np.float32) if settings.compute_err else None,
+        context=np.zeros((n_planes, *shape), np.int32) if settings.context else None,
+        context_ids=(),
+    )  # fmt: skip
 
 
 @dataclass
@@ -276,6 +342,7 @@ class DrizzleJob:
     finalize: bool = True
     first_context_id: int = 0  # context id of the first chip (chips have consecutive ids)
     out: dict | None = None  # ArrayRefs of zeroed output arrays (img, wht, var, ctx) to fill
+    origin: tuple = (0.0, 0.0)  # output pixel of the grid where grid_shape starts (a window)
 
 
 @dataclass
@@ -422,7 +489,9 @@ def add_chip(accumulator, job, chip, result):
     data, bad_mask = chip.data.get(), chip.bad_mask.get()
     variance = chip.variance.get() if chip.variance is not None else None
     try:
-        pixmap = PixmapRows(chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize)
+        pixmap = PixmapRows(
+            chip.wcs, chip.shape, job.grid_wcs, stepsize=job.stepsize, origin=job.origin
+        )
         accumulator.add_chip(
             data,
             pixmap,

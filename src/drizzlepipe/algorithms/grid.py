@@ -94,6 +94,7 @@ __all__ = [
     "grid_from_reference",
     "orientation",
     "pixel_scale",
+    "position_runs",
 ]
 
 #: Largest number of output pixels a grid may have unless the caller raises the limit
@@ -588,3 +589,39 @@ def grid_from_reference(wcs, shape, *, max_pixels: int = DEFAULT_MAX_OUTPUT_PIXE
     # Fail now, not in the middle of a drizzle, if the WCS cannot be evaluated on the grid.
     pixel_scale(grid_wcs, (ny, nx))
     return OutputGrid(wcs=grid_wcs, shape=(ny, nx))
+
+
+def position_runs(extents, n_runs: int, *, weights=None) -> list[list[int]]:
+    """Group chips into runs by their position on the output grid, for partial accumulations
+    that need arrays only for the rows their chips reach.
+
+    The chips are ordered by the middle of the output rows they span and cut into ``n_runs``
+    runs of about equal pixels; each run lists its chips in input order. Chips of one position
+    of a multi-chip detector (the lower chips of WFC3/UVIS or ACS/WFC exposures) fall in one
+    run, which then spans half of the grid. Runs depend on the chips' positions only.
+
+    Parameters
+    ----------
+    extents : sequence of (float, float) or None
+        Output rows ``(y_min, y_max)`` that each chip spans (None: unknown, ordered last).
+    n_runs : int
+        Runs wanted (no more than there are chips).
+    weights : sequence of float, optional
+        Pixels of each chip (default 1 each).
+
+    Returns
+    -------
+    list of list of int
+        Chip indices of each run, none empty (one empty run when there are no chips).
+    """
+    n_chips = len(extents)
+    if n_chips == 0:
+        return [[]]
+    n_runs = max(1, min(int(n_runs), n_chips))
+    weights = np.ones(n_chips) if weights is None else np.asarray(weights, dtype=float)
+    middles = np.array([np.inf if e is None else 0.5 * (e[0] + e[1]) for e in extents])
+    order = np.argsort(middles, kind="stable")
+    before = np.concatenate([[0.0], np.cumsum(weights[order])[:-1]])
+    run_of = np.minimum((before / weights.sum() * n_runs).astype(int), n_runs - 1)
+    runs = [sorted(int(i) for i in order[run_of == k]) for k in range(n_runs)]
+    return [run for run in runs if run]

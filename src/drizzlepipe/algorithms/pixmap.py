@@ -56,6 +56,7 @@ from scipy.interpolate import BSpline, make_interp_spline
 
 __all__ = [
     "PixmapRows",
+    "chip_rows_on_grid",
     "compute_pixmap",
     "pixmap_extent",
     "pixmap_input_pixel_size",
@@ -198,9 +199,12 @@ class PixmapRows:
     ----------
     in_wcs, in_shape, out_wcs, stepsize
         As :func:`compute_pixmap`.
+    origin : (float, float)
+        Output pixel ``(x, y)`` that positions are given from: ``(0, r0)`` maps onto the band
+        of the grid that starts at row ``r0`` (integer offsets keep the positions' fractions).
     """
 
-    def __init__(self, in_wcs, in_shape, out_wcs, stepsize: int = 1):
+    def __init__(self, in_wcs, in_shape, out_wcs, stepsize: int = 1, origin=(0.0, 0.0)):
         try:
             ny, nx = (int(n) for n in in_shape)
         except (TypeError, ValueError):
@@ -213,6 +217,7 @@ class PixmapRows:
         _check_axis_order(in_wcs, out_wcs)
         self.shape = (ny, nx)
         self._in_wcs, self._out_wcs = in_wcs, out_wcs
+        self._origin = np.array([float(origin[0]), float(origin[1])])
         self._splines = None  # None: evaluate exactly
 
         x_nodes = _node_positions(nx, stepsize)
@@ -246,6 +251,8 @@ class PixmapRows:
         else:
             for axis, spline in enumerate(self._splines):
                 spline.fill(first, last, out[..., axis])
+        if self._origin.any():
+            out -= self._origin
         return out
 
     def columns(self, cols) -> np.ndarray:
@@ -254,9 +261,13 @@ class PixmapRows:
         ny, _ = self.shape
         cols = np.asarray(cols, dtype=np.intp)
         if self._splines is not None:
-            return np.stack([spline.columns(cols) for spline in self._splines], axis=-1)
-        y, x = np.meshgrid(np.arange(ny, dtype=np.float64), cols.astype(np.float64), indexing="ij")
-        return np.stack(_map_points(self._in_wcs, self._out_wcs, x, y), axis=-1)
+            positions = np.stack([spline.columns(cols) for spline in self._splines], axis=-1)
+        else:
+            y, x = np.meshgrid(
+                np.arange(ny, dtype=np.float64), cols.astype(np.float64), indexing="ij"
+            )
+            positions = np.stack(_map_points(self._in_wcs, self._out_wcs, x, y), axis=-1)
+        return positions - self._origin if self._origin.any() else positions
 
     def outline_extent(self) -> tuple[float, float, float, float] | None:
         """:func:`pixmap_outline_extent` of the whole map, from its two outer rows and columns
@@ -278,6 +289,27 @@ class PixmapRows:
         """:func:`pixmap_input_pixel_size` of the whole map, from the rows it samples."""
         ny, _ = self.shape
         return _pixel_size_at(lambda j: self.rows(j, min(j + 2, ny)), self.shape)
+
+
+def chip_rows_on_grid(in_wcs, in_shape, out_wcs, step: int = 64):
+    """The rows of another grid that a chip's outline spans: the lowest and highest output
+    ``y`` (0-based pixel positions) of its border, pixel edges included, sampled every
+    ``step`` input pixels (a distorted side bends far less than a pixel between samples).
+
+    Returns
+    -------
+    tuple of float or None
+        ``(y_min, y_max)``; None when the WCS is undefined somewhere on the border.
+    """
+    ny, nx = (int(n) for n in in_shape)
+    xs = np.linspace(-0.5, nx - 0.5, nx // step + 2)
+    ys = np.linspace(-0.5, ny - 0.5, ny // step + 2)
+    x = np.concatenate([xs, xs, np.full(ys.size, -0.5), np.full(ys.size, nx - 0.5)])
+    y = np.concatenate([np.full(xs.size, -0.5), np.full(xs.size, ny - 0.5), ys, ys])
+    _, out_y = _map_points(in_wcs, out_wcs, x, y)
+    if not np.all(np.isfinite(out_y)):
+        return None
+    return float(out_y.min()), float(out_y.max())
 
 
 def compute_pixmap(in_wcs, in_shape, out_wcs, stepsize: int = 1) -> np.ndarray:

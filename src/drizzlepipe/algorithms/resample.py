@@ -72,10 +72,12 @@ Chips crossing the edge of the grid (drizzle 3.0 bug worked around)
 drizzle 3.0 clips a chip's outline with the output grid and then drizzles only the input pixels
 inside the clipped outline. For chips that cross the grid's edge this silently drops input pixels
 that do land on the grid (130 of 300 random rotated chips lost weight, up to 14 pixels' worth,
-sometimes a triangle far from the edge). Such chips are drizzled onto a sub-grid that holds the
-whole chip and the part on the output grid is then combined like a merge, which is exact (test:
-total weight equals the exact geometric overlap). Chips lying on the grid, as with the default
-grid, take the direct path.
+sometimes a triangle far from the edge). Such chips go a band of rows at a time (below): a band
+on the grid takes the direct path, a band across its edge is drizzled onto a sub-grid that holds
+the whole band and the part on the output grid is then combined like a merge, which is exact
+(test: total weight equals the exact geometric overlap), and a band off the grid is left out.
+A chip given as a whole map takes one sub-grid for the whole chip. Chips lying on the grid, as
+with the default grid, take the direct path.
 
 Chips in bands
 --------------
@@ -86,8 +88,15 @@ rows), each with its map evaluated for the band alone (16 MB) and one more row o
 weight 0, so that drizzle finds the corners of the band's pixels from their true neighbours; all
 bands carry the chip's context id. Measured on distorted chips: the same science, weight, error
 and context as the whole chip for every kernel, except that the square kernel's weight and
-variance sums round differently in the last bit (1 part in 1e7). Chips crossing the edge take
-the sub-grid path below with their whole map.
+variance sums round differently in the last bit (1 part in 1e7). A chip crossing the edge goes
+band by band as above (its bands' sub-grids merge: 3e-7 relative from one sub-grid for the
+whole chip); its context bit is drizzle's own number when the accumulator has planes for every
+input (``n_inputs``), so the bits of its sub-grids go into the same planes.
+
+A partial accumulation may hold only a band of rows of the grid (the final drizzle's runs of
+chips at one position): its chips' maps are then given from the band's first row
+(``PixmapRows(..., origin=(0, start))``) and :meth:`DrizzleAccumulator.merge` takes it at that
+row (``row_offset``).
 
 Differences from AstroDrizzle
 -----------------------------
@@ -644,6 +653,8 @@ class DrizzleAccumulator:
         # each chip (a pass over the whole output per chip); fillval is applied once in
         # finalize(). Chips added in order from first_context_id get drizzle's own context
         # bits equal to their context ids (no remapping).
+        self._max_ctx_id = max(n_planes * CONTEXT_PLANE_BITS - 1, int(first_context_id))
+        self._planes_for_every_input = n_inputs is not None
         self._driz = Drizzle(
             kernel=kernel,
             fillval=None,
@@ -653,7 +664,7 @@ class DrizzleAccumulator:
             out_img2=[self._var] if self._enable_err else None,
             out_ctx=given.get("ctx") if self._enable_context else None,
             begin_ctx_id=int(first_context_id),
-            max_ctx_id=max(n_planes * CONTEXT_PLANE_BITS - 1, int(first_context_id)),
+            max_ctx_id=self._max_ctx_id,
             disable_ctx=not self._enable_context,
         )
         self._members: list[_Member] = []
@@ -814,21 +825,6 @@ class DrizzleAccumulator:
             )
         chip = _ChipRows(data, variance if self._enable_err else None, weight, good, exptime)
 
-        if bands is not None:
-            size = max(bands.input_pixel_size(), 1.0 / pixel_scale_ratio)
-            reach = _KERNEL_REACH[self._kernel](pixfrac) * size  # output pixels beyond a centre
-            outline = bands.outline_extent()
-            # bands only for a chip on the grid (then every pixel is on it); the others take the
-            # sub-grid path below, which needs the whole map
-            if outline is None or not self._inside_grid(outline, reach) or not _can_band(self):
-                pixmap, bands = bands.rows(0, shape[0]), None
-        if bands is None:
-            size = max(pixmap_input_pixel_size(pixmap), 1.0 / pixel_scale_ratio)
-            reach = _KERNEL_REACH[self._kernel](pixfrac) * size
-            if not self._overlaps(pixmap, 0.5 + reach):
-                raise NoOverlapError(label, "no pixel of the chip falls on the output grid")
-            outline = pixmap_outline_extent(pixmap)
-
         drizzle_args = {
             "exptime": float(exptime),
             "iscale": float(iscale),
@@ -836,19 +832,38 @@ class DrizzleAccumulator:
             "pixfrac": float(pixfrac),
             "in_units": in_units,
         }
-        if self._inside_grid(outline, reach):
-            member = _Member(context_id=context_id, local_id=None, box=None)
-            if self._enable_context:
-                member.local_id = self._driz.ctx_id
-                if member.local_id != context_id:
-                    member.box = self._output_box(outline, reach)
-            if bands is not None:
+        if bands is not None:
+            size = max(bands.input_pixel_size(), 1.0 / pixel_scale_ratio)
+            reach = _KERNEL_REACH[self._kernel](pixfrac) * size  # output pixels beyond a centre
+            outline = bands.outline_extent()
+            # bands for a chip on the grid (all straight to drizzle), and for a chip across its
+            # edge whose context bit drizzle numbers as its id (each band takes the path it
+            # needs); other chips take the paths below with their whole map
+            if outline is not None and _can_band(self) and self._inside_grid(outline, reach):
+                member = self._new_member(context_id, outline, reach)
                 self._add_in_bands(chip, bands, drizzle_args)
-            else:
-                data, variance, weight = chip.rows(0, shape[0])
-                self._driz.add_image(
-                    data, pixmap=pixmap, data2=variance, weight_map=weight, **drizzle_args
-                )
+                self._members.append(member)
+                self._ids.add(context_id)
+                return context_id
+            if outline is not None and self._aligns_context(context_id):
+                if not self._add_crossing_in_bands(chip, bands, reach, context_id, drizzle_args):
+                    raise NoOverlapError(label, "no pixel of the chip falls on the output grid")
+                self._ids.add(context_id)
+                return context_id
+            pixmap, bands = bands.rows(0, shape[0]), None
+        if bands is None:
+            size = max(pixmap_input_pixel_size(pixmap), 1.0 / pixel_scale_ratio)
+            reach = _KERNEL_REACH[self._kernel](pixfrac) * size
+            if not self._overlaps(pixmap, 0.5 + reach):
+                raise NoOverlapError(label, "no pixel of the chip falls on the output grid")
+            outline = pixmap_outline_extent(pixmap)
+
+        if self._inside_grid(outline, reach):
+            member = self._new_member(context_id, outline, reach)
+            data, variance, weight = chip.rows(0, shape[0])
+            self._driz.add_image(
+                data, pixmap=pixmap, data2=variance, weight_map=weight, **drizzle_args
+            )
             self._members.append(member)
         else:
             data, variance, weight = chip.rows(0, shape[0])
@@ -862,25 +877,66 @@ class DrizzleAccumulator:
         """Drizzle a chip on the grid a band of rows at a time (see the module notes): each
         band with one more row on either side at weight 0, so that drizzle finds the edges of
         the band's pixels from their true neighbours, all under the chip's context id."""
-        ny, nx = chip.shape
-        n_bands = max(1, min(round(ny * nx / _BAND_PIXELS), ny // _BAND_MIN_ROWS))
-        edges = np.linspace(0, ny, n_bands + 1).round().astype(int)
-        pixmap = np.empty((int(np.diff(edges).max()) + 2, nx, 2))  # one buffer for every band
         context_id = self._driz.ctx_id
-        for first, last in zip(edges[:-1], edges[1:]):
-            low, high = max(first - 1, 0), min(last + 1, ny)
-            data, variance, weight = chip.rows(low, high)
-            weight[: first - low] = 0
-            weight[weight.shape[0] - (high - last) :] = 0
-            if first > 0:
+        for band, (data, variance, weight, pixmap) in enumerate(_chip_bands(chip, bands)):
+            if band > 0:
                 _reuse_context_id(self._driz, context_id)
             self._driz.add_image(
-                data,
-                pixmap=bands.rows(low, high, out=pixmap),
-                data2=variance,
-                weight_map=weight,
-                **drizzle_args,
+                data, pixmap=pixmap, data2=variance, weight_map=weight, **drizzle_args
             )
+
+    def _add_crossing_in_bands(self, chip, bands, reach, context_id, drizzle_args) -> bool:
+        """Drizzle a chip that crosses the edge of the grid a band of rows at a time: bands
+        on the grid straight onto it, bands across its edge onto a sub-grid of their own
+        (:meth:`_add_on_subgrid`: drizzle 3.0 drops pixels of images that cross the edge),
+        bands off it not at all. Returns whether any band reached the grid."""
+        reached = False
+        for data, variance, weight, pixmap in _chip_bands(chip, bands):
+            if not self._overlaps(pixmap, 0.5 + reach):
+                continue
+            reached = True
+            outline = pixmap_outline_extent(pixmap)
+            if outline is not None and self._inside_grid(outline, reach):
+                _reuse_context_id(self._driz, context_id)
+                self._driz.add_image(
+                    data, pixmap=pixmap, data2=variance, weight_map=weight, **drizzle_args
+                )
+            else:
+                self._add_on_subgrid(
+                    data, pixmap, weight, variance, outline, reach, context_id, drizzle_args
+                )
+        if reached:
+            self._members.append(_Member(context_id, context_id, None))
+        return reached
+
+    def _aligns_context(self, context_id) -> bool:
+        """Whether the chip can take its context id as drizzle's own number: drizzle's context
+        planes are then indexed by context id, and every bit, from drizzle or from a sub-grid,
+        goes straight into them. Needs planes for every input (``n_inputs``) and every chip
+        so far numbered alike."""
+        if not _can_band(self):
+            return False
+        if not self._enable_context:
+            return True
+        return (
+            self._planes_for_every_input
+            and context_id <= self._max_ctx_id
+            and self._global_context is None
+            and all(m.local_id == m.context_id for m in self._members)
+        )
+
+    def _new_member(self, context_id, outline, reach) -> _Member:
+        """The record of a chip about to go straight to drizzle: drizzle numbers it as its
+        context id when it can (:meth:`_aligns_context`), else the next number of its own and
+        the bit is moved to the id afterwards, within the box the chip can touch."""
+        if self._aligns_context(context_id):
+            _reuse_context_id(self._driz, context_id)
+        member = _Member(context_id=context_id, local_id=None, box=None)
+        if self._enable_context:
+            member.local_id = self._driz.ctx_id
+            if member.local_id != context_id:
+                member.box = self._output_box(outline, reach)
+        return member
 
     def _inside_grid(self, outline, reach: float) -> bool:
         """Whether drizzle can take the chip directly onto the output arrays.
@@ -997,7 +1053,10 @@ class DrizzleAccumulator:
 
     def _set_context_bit(self, context_id: int, region, contributed) -> None:
         plane, bit = divmod(context_id, CONTEXT_PLANE_BITS)
-        planes = self._global_planes(plane + 1)
+        if self._aligns_context(context_id) and self._driz.out_ctx is not None:
+            planes = self._driz.out_ctx  # indexed by context id (see _aligns_context)
+        else:
+            planes = self._global_planes(plane + 1)
         flag = np.uint32(1 << bit).view(np.int32)
         target = planes[(plane, *region)]
         target |= np.where(contributed, flag, np.int32(0))
@@ -1130,13 +1189,17 @@ class DrizzleAccumulator:
 
     # -- merging -----------------------------------------------------------------------------
 
-    def merge(self, other: DrizzleAccumulator) -> DrizzleAccumulator:
+    def merge(self, other: DrizzleAccumulator, *, row_offset: int = 0) -> DrizzleAccumulator:
         """Add another accumulator's chips to this one, exactly (``other`` is not modified).
 
         Parameters
         ----------
         other : DrizzleAccumulator
-            Same output shape, kernel, error/context switches; disjoint context ids.
+            Same kernel, error/context switches and width; disjoint context ids. Its rows are
+            this one's rows ``row_offset`` onwards (an accumulation on the band of the grid
+            its chips reach: pixel maps with ``origin=(0, row_offset)``).
+        row_offset : int
+            Row of this accumulator where ``other``'s first row lies.
 
         Returns
         -------
@@ -1149,10 +1212,12 @@ class DrizzleAccumulator:
         other._check_open()
         if other is self:
             raise ValueError("cannot merge an accumulator with itself")
-        if (other._shape, other._kernel) != (self._shape, self._kernel):
+        ny, nx = self._shape
+        first, last = int(row_offset), int(row_offset) + other._shape[0]
+        if other._kernel != self._kernel or other._shape[1] != nx or not 0 <= first < last <= ny:
             raise ValueError(
-                f"cannot merge a {other._kernel} drizzle on {other._shape} into a "
-                f"{self._kernel} drizzle on {self._shape}"
+                f"cannot merge a {other._kernel} drizzle on {other._shape} at row {row_offset} "
+                f"into a {self._kernel} drizzle on {self._shape}"
             )
         if (other._enable_err, other._enable_context) != (self._enable_err, self._enable_context):
             raise ValueError("cannot merge accumulators with different error/context switches")
@@ -1163,9 +1228,9 @@ class DrizzleAccumulator:
         mine = self._context_in_global_ids()
         theirs = other._context_in_global_ids()
 
-        ny, nx = self._shape
+        rows = slice(first, last)
         self._combine(
-            (slice(0, ny), slice(0, nx)),
+            (rows, slice(0, nx)),
             other._img,
             other._wht,
             other._var if self._enable_err else None,
@@ -1173,12 +1238,12 @@ class DrizzleAccumulator:
 
         if self._enable_context and self._driz is None:
             # a received partial: OR the other's bits into its own planes (no new array)
-            self._global_planes(theirs.shape[0])[: theirs.shape[0]] |= theirs
+            self._global_planes(theirs.shape[0])[: theirs.shape[0], rows] |= theirs
         elif self._enable_context:
             n_planes = max(mine.shape[0], theirs.shape[0])
             combined = np.zeros((n_planes, ny, nx), dtype=np.int32)
             combined[: mine.shape[0]] |= mine
-            combined[: theirs.shape[0]] |= theirs
+            combined[: theirs.shape[0], rows] |= theirs
             self._global_context = combined
             # drizzle's own planes now hold nothing that is not in the flushed context.
             if self._driz is not None:
@@ -1251,6 +1316,21 @@ class _ChipRows:
                 variance = np.where(usable, variance, np.float32(0.0))
         value = np.float32(self.exptime) if self.weight is None else self.weight[first:last]
         return data, variance, np.where(good, value, np.float32(0.0))
+
+
+def _chip_bands(chip, bands):
+    """``(data, variance, weight, pixmap)`` of a chip a band of rows at a time, each band with
+    one more row on either side at weight 0 (the pixel map is one buffer, reused)."""
+    ny, nx = chip.shape
+    n_bands = max(1, min(round(ny * nx / _BAND_PIXELS), ny // _BAND_MIN_ROWS))
+    edges = np.linspace(0, ny, n_bands + 1).round().astype(int)
+    pixmap = np.empty((int(np.diff(edges).max()) + 2, nx, 2))
+    for first, last in zip(edges[:-1], edges[1:]):
+        low, high = max(first - 1, 0), min(last + 1, ny)
+        data, variance, weight = chip.rows(low, high)
+        weight[: first - low] = 0
+        weight[weight.shape[0] - (high - last) :] = 0
+        yield data, variance, weight, bands.rows(low, high, out=pixmap)
 
 
 def _can_band(accumulator) -> bool:

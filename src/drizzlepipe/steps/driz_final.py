@@ -49,7 +49,7 @@ class DrizFinalStep(DrizStep):
     crbit = integer(default=None)  # DQ value of CRs (None: 4096 for HST, OUTLIER+DO_NOT_USE JWST)
     context = boolean(default=True)  # Write the context image (one bit per input chip)
     compute_err = boolean(default=True)  # Propagate errors into an ERR image
-    runs = integer(default=2, min=1)  # Partial accumulations, in parallel with processes
+    runs = integer(default=2, min=1)  # Runs of chips by position (partial accumulations), in parallel with processes
     rotation = float(default=None)  # Position angle of output +Y [deg], 0 = north up; None: first chip's
     pixel_scale = float(default=None)  # Output pixel scale [arcsec]; None: first chip's undistorted scale x ratio
     pixel_scale_ratio = float(default=1.0)  # Output/input pixel-scale ratio (ignored with pixel_scale)
