@@ -254,8 +254,9 @@ def drizzle_all(executor, library, grid, settings, *, runs):
         for other, start in partials[1:]:
             first.merge(other, row_offset=start)
         product = first.finalize()
+    order = {chip_label(info): index for index, info in enumerate(infos)}
     chips = sorted((chip for result in results for chip in result.chips),
-                   key=lambda chip: _library_order(infos)[chip[0]])  # fmt: skip
+                   key=lambda chip: order[chip[0]])  # fmt: skip
     return FinalDrizzle(
         product=product,
         chips=chips,
@@ -270,10 +271,12 @@ _ROW_MARGIN = 8
 
 
 def _rows_on_grid(info, grid):
-    """The output rows a chip's outline spans, or None (then its run takes every row)."""
+    """The output rows a chip's outline spans, or None (then its run takes every row: only
+    memory is at stake, the chip's drizzle reports what it cannot map)."""
     try:
         return chip_rows_on_grid(info.wcs, info.shape, grid.wcs)
-    except Exception:  # noqa: BLE001 - an outline that cannot be mapped
+    except Exception as error:  # noqa: BLE001 - any WCS's failure to map the outline
+        log.debug("%s: outline not mapped onto the grid (%s)", chip_label(info), error)
         return None
 
 
@@ -286,10 +289,6 @@ def _rows_reached(extents, group, n_rows):
     stop = math.ceil(max(span[1] for span in spans) + _ROW_MARGIN) + 1
     start, stop = max(start, 0), min(stop, n_rows)
     return (start, stop) if start < stop else (0, n_rows)
-
-
-def _library_order(infos):
-    return {chip_label(info): index for index, info in enumerate(infos)}
 
 
 def _empty_partial(shape, settings, n_chips):
