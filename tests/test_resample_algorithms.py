@@ -903,3 +903,36 @@ def test_a_run_on_the_rows_its_chips_reach_merges_into_the_whole_grid(crossing):
         )  # fmt: skip
     with pytest.raises(ValueError, match="cannot merge"):
         DrizzleAccumulator(grid.shape, n_inputs=2).merge(window, row_offset=ny - 10)
+
+
+@pytest.mark.parametrize("as_rows", [False, True])  # whole pixel maps, or PixmapRows
+def test_a_chip_numbered_by_drizzle_after_chips_numbered_by_their_ids_gets_a_bit_of_its_own(
+    as_rows,
+):
+    # With planes for one plane of inputs, chip 0 (across the grid's left edge) takes its id
+    # as drizzle's number; chip 32 has no room in the planes and is numbered by drizzle, then
+    # moved to its bit: neither may take the other's.
+    y, x = np.indices((20, 20), dtype=np.float64)
+    grid = WCS(naxis=2)
+    grid.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    grid.wcs.crval, grid.wcs.crpix = [10.0, 10.0], [30.5, 30.5]
+    grid.wcs.cdelt = [-1e-5, 1e-5]
+    placed = {0: (-8.0, 20.0), 32: (25.0, 25.0)}
+    alone = {}
+    merged = DrizzleAccumulator((60, 60), n_inputs=1)
+    for chip_id, (dx, dy) in placed.items():
+        if as_rows:
+            chip_wcs = grid.deepcopy()
+            chip_wcs.wcs.crpix = [30.5 - dx, 30.5 - dy]
+            pixmap = PixmapRows(chip_wcs, (20, 20), grid)
+        else:
+            pixmap = np.dstack([x + dx, y + dy])
+        one = DrizzleAccumulator((60, 60), n_inputs=64)
+        ones = np.ones((20, 20), np.float32)
+        for accumulator in (one, merged):
+            accumulator.add_chip(ones, pixmap, exptime=1.0, variance=ones, context_id=chip_id)
+        alone[chip_id] = one.finalize().wht > 0
+    product = merged.finalize()
+    for chip_id, covered in alone.items():
+        assert covered.sum() > 100
+        np.testing.assert_array_equal(context_contributor_mask(product.context, chip_id), covered)

@@ -48,6 +48,7 @@ from .algorithms.resample import (
     PartialDrizzle,
     ResampleInputError,
     build_weight,
+    kernel_reach,
 )
 from .algorithms.sections import ImageStack
 from .datamodels import dqflags
@@ -210,11 +211,12 @@ def drizzle_all(executor, library, grid, settings, *, runs):
     ny, nx = grid.shape
     infos = [library.chip_info(index) for index in range(n_chips)]
     extents = [_rows_on_grid(info, grid) for info in infos]
+    margins = [_row_margin(info, grid, settings) for info in infos]
     groups = position_runs(extents, runs, weights=[math.prod(info.shape) for info in infos])
     with ChipSources(library, executor) as sources:
         jobs, windows = [], []
         for run, group in enumerate(groups):
-            start, stop = (0, ny) if run == 0 else _rows_reached(extents, group, ny)
+            start, stop = (0, ny) if run == 0 else _rows_reached(extents, margins, group, ny)
             chips = [sources.chip(index, grid.pixel_scale, context_id=index,
                                   **settings.chip_options()) for index in group]  # fmt: skip
             job = settings.job(chips, grid, executor, finalize=False, n_inputs=n_chips,
@@ -254,20 +256,17 @@ def drizzle_all(executor, library, grid, settings, *, runs):
         for other, start in partials[1:]:
             first.merge(other, row_offset=start)
         product = first.finalize()
-    order = {chip_label(info): index for index, info in enumerate(infos)}
-    chips = sorted((chip for result in results for chip in result.chips),
-                   key=lambda chip: order[chip[0]])  # fmt: skip
+    # every job records each of its chips, in its group's order: back to library order
+    chips = [chip for _, chip in sorted(
+        (index, chip) for group, result in zip(groups, results)
+        for index, chip in zip(group, result.chips)
+    )]  # fmt: skip
     return FinalDrizzle(
         product=product,
         chips=chips,
         added={label for result in results for label in result.added},
         skipped=[reason for result in results for reason in result.skipped],
     )
-
-
-# Output rows beyond a chip's outline that its drops can still reach (the kernels' reach, a
-# lanczos kernel's lobes) and that the sampling of the outline may miss.
-_ROW_MARGIN = 8
 
 
 def _rows_on_grid(info, grid):
@@ -280,13 +279,21 @@ def _rows_on_grid(info, grid):
         return None
 
 
-def _rows_reached(extents, group, n_rows):
+def _row_margin(info, grid, settings):
+    """Output rows beyond a chip's outline that the run's arrays must hold: its drops' reach,
+    the room the accumulator keeps around a chip it drizzles directly (1 pixel and the reach,
+    2 and the reach on a sub-grid), and the outline's sampling."""
+    size = (info.pixel_scale or pixel_scale(info.wcs, info.shape)) / grid.pixel_scale
+    return 4.0 + kernel_reach(settings.kernel, settings.pixfrac, size)
+
+
+def _rows_reached(extents, margins, group, n_rows):
     """``[start, stop)``: the output rows the chips of ``group`` can reach."""
     spans = [extents[index] for index in group]
     if any(span is None for span in spans):
         return 0, n_rows
-    start = math.floor(min(span[0] for span in spans) - _ROW_MARGIN)
-    stop = math.ceil(max(span[1] for span in spans) + _ROW_MARGIN) + 1
+    start = math.floor(min(extents[i][0] - margins[i] for i in group))
+    stop = math.ceil(max(extents[i][1] + margins[i] for i in group)) + 1
     start, stop = max(start, 0), min(stop, n_rows)
     return (start, stop) if start < stop else (0, n_rows)
 
@@ -339,7 +346,7 @@ class DrizzleJob:
     enable_err: bool = False
     n_inputs: int | None = None
     finalize: bool = True
-    first_context_id: int = 0  # context id of the first chip (chips have consecutive ids)
+    first_context_id: int = 0  # context id of the first chip (see DrizzleAccumulator)
     out: dict | None = None  # ArrayRefs of zeroed output arrays (img, wht, var, ctx) to fill
     origin: tuple = (0.0, 0.0)  # output pixel of the grid where grid_shape starts (a window)
 

@@ -140,6 +140,7 @@ __all__ = [
     "NoOverlapError",
     "ResampleInputError",
     "build_weight",
+    "kernel_reach",
     "context_contributor_count",
     "context_contributor_mask",
     "decode_context",
@@ -589,8 +590,9 @@ class DrizzleAccumulator:
         other processes): ``img``, ``wht``, ``var`` float32 ``(ny, nx)``, ``ctx`` int32
         ``(nplanes, ny, nx)`` with nplanes from ``n_inputs``; any subset.
     first_context_id : int, optional
-        Context id of the first chip to be added when chips are added with consecutive ids
-        (a run of a larger set): their bits then need no remapping. Default 0.
+        Context id of the first chip to be added (a run of a larger set). With ``n_inputs``
+        every chip's bit is drizzle's own number, its id, in any order; without, chips added
+        with consecutive ids from this one need no remapping. Default 0.
 
     Raises
     ------
@@ -866,10 +868,13 @@ class DrizzleAccumulator:
             )
             self._members.append(member)
         else:
+            aligned = self._enable_context and self._aligns_context(context_id)
             data, variance, weight = chip.rows(0, shape[0])
             self._add_on_subgrid(
                 data, pixmap, weight, variance, outline, reach, context_id, drizzle_args
             )
+            if aligned:  # its bits went into drizzle's planes, at its id
+                self._members.append(_Member(context_id, context_id, None))
         self._ids.add(context_id)
         return context_id
 
@@ -931,6 +936,11 @@ class DrizzleAccumulator:
         the bit is moved to the id afterwards, within the box the chip can touch."""
         if self._aligns_context(context_id):
             _reuse_context_id(self._driz, context_id)
+        elif self._enable_context and _can_band(self):
+            # numbers set to ids before may lie ahead of drizzle's counter: go past them all
+            used = [m.local_id for m in self._members if m.local_id is not None]
+            if used and self._driz.ctx_id <= max(used):
+                _reuse_context_id(self._driz, max(used) + 1)
         member = _Member(context_id=context_id, local_id=None, box=None)
         if self._enable_context:
             member.local_id = self._driz.ctx_id
@@ -1316,6 +1326,15 @@ class _ChipRows:
                 variance = np.where(usable, variance, np.float32(0.0))
         value = np.float32(self.exptime) if self.weight is None else self.weight[first:last]
         return data, variance, np.where(good, value, np.float32(0.0))
+
+
+def kernel_reach(kernel: str, pixfrac: float, input_pixel_size: float = 1.0) -> float:
+    """How far beyond an input pixel's centre its drop reaches [output pixels]: half the drop
+    for square and turbo, the lobes of the gaussian and lanczos kernels; ``input_pixel_size``
+    is the input pixel's side in output pixels (drops are at least an output pixel wide)."""
+    if kernel not in SUPPORTED_KERNELS:
+        raise ValueError(f"kernel must be one of {SUPPORTED_KERNELS}, got {kernel!r}")
+    return _KERNEL_REACH[kernel](pixfrac) * max(float(input_pixel_size), 1.0)
 
 
 def _chip_bands(chip, bands):
