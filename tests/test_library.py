@@ -196,3 +196,68 @@ def test_an_input_changed_during_the_run_is_refused_not_read_again(tmp_path, exp
         with pytest.raises(DrizzlepipeInputError, match="changed during the run"):
             model.data  # noqa: B018 - reading the pixels
         library.shelve(model, 4, modify=False)
+
+
+def test_rows_of_a_chip_are_read_alone_and_equal_the_whole_read(tmp_path, exposures):
+    # pixel_rows reads a band of rows from the file (nothing kept in the model) with the values
+    # the whole read gives; a constant ERR (PIXVALUE, no data) is expanded for the rows only
+    from astropy.io import fits
+
+    from drizzlepipe.datamodels.pixels import pixel_rows
+
+    library = ModelLibrary([str(p) for p in exposures])
+    library.preload()
+    rows = slice(5, 17)
+    with library:
+        model = library.borrow(3)
+        band = pixel_rows(model, "data", rows)
+        assert "data" not in model._instance  # not loaded by the band
+        assert band.shape == (12, model.shape[1]) and not band.flags.writeable
+        np.testing.assert_array_equal(band, model.data[rows])  # the whole read, same values
+        np.testing.assert_array_equal(pixel_rows(model, "err", rows), model.err[rows])
+        np.testing.assert_array_equal(pixel_rows(model, "data", rows), model.data[rows])  # held
+        library.shelve(model, 3, modify=False)
+    constant = tmp_path / "jconst1aq_flt.fits"
+    make_hst_flt(constant, chips=1, rootname="jconst1aq")
+    with fits.open(constant) as hdulist:  # ERR as HST stores a constant one: no data
+        err = fits.ImageHDU(None, name="ERR", ver=1)
+        err.header.update(NPIX1=50, NPIX2=40, PIXVALUE=2.5)
+        hdus = [hdu.copy() if hdu.name != "ERR" else err for hdu in hdulist]
+    fits.HDUList(hdus).writeto(constant, overwrite=True)
+    chip = ModelLibrary([str(constant)])
+    chip.preload()
+    with chip:
+        model = chip.borrow(0)
+        band = pixel_rows(model, "err", rows)
+        np.testing.assert_array_equal(band, np.full((12, 50), 2.5, np.float32))
+        chip.shelve(model, 0, modify=False)
+
+
+@pytest.mark.parametrize(
+    "case, usable",
+    [("normal", True), ("nan_first_rows", True), ("all_nan", False), ("flagged", False)],
+)
+def test_usable_pixel_screen_reads_the_first_rows_then_the_whole_chip(tmp_path, case, usable):
+    # a chip whose first rows are NaN is still found usable by a pixel further down; one
+    # with no finite pixel, or all its finite pixels flagged, is not
+    from astropy.io import fits
+
+    from drizzlepipe.datamodels.conversions import has_usable_chip_pixel
+
+    path = tmp_path / "jscrn1aq_flt.fits"
+    make_hst_flt(path, chips=1, shape=(200, 30), rootname="jscrn1aq")
+    with fits.open(path, mode="update") as hdulist:
+        sci = hdulist["SCI", 1].data
+        if case == "nan_first_rows":
+            sci[:150] = np.nan
+        elif case == "all_nan":
+            sci[:] = np.nan
+        elif case == "flagged":
+            sci[:199] = np.nan
+            hdulist["DQ", 1].data[199] = 32
+    library = ModelLibrary([str(path)])
+    library.preload()
+    with library:
+        model = library.borrow(0)
+        assert has_usable_chip_pixel(model, bad_bits=32) is usable
+        library.shelve(model, 0, modify=False)

@@ -12,8 +12,10 @@ import numpy as np
 
 from ..algorithms.grid import pixel_scale
 from ..algorithms.resample import pixel_area_ratio
+from ..algorithms.stats import has_usable_pixel
 from ..exceptions import DrizzlepipeInputError
 from . import dqflags
+from .pixels import pixel_rows
 from .units import electrons_per_unit
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "detector_variance",
     "electrons_factor",
     "exposure_times",
+    "has_usable_chip_pixel",
     "weight_variance",
 ]
 
@@ -90,6 +93,20 @@ def detector_variance(model, factor, signal):
     if per_second:
         variance /= np.square(exptime)
     return variance.astype(np.float32)
+
+
+def has_usable_chip_pixel(model, bad_bits, first_rows=64):
+    """True if some pixel of the chip is finite and has none of ``bad_bits`` (an int) set in
+    its DQ (:func:`~drizzlepipe.algorithms.stats.has_usable_pixel`).
+
+    The first ``first_rows`` rows are examined first, read alone from the chip's file when its
+    pixels are there (:func:`~drizzlepipe.datamodels.pixels.pixel_rows`); the whole chip is
+    read only when none of them is usable.
+    """
+    rows = slice(0, first_rows)
+    if has_usable_pixel(pixel_rows(model, "data", rows), model.dq[rows], bad_bits):
+        return True
+    return has_usable_pixel(model.data, model.dq, bad_bits)
 
 
 def bad_pixels(model, good_bits, *, use_static=True, crbit=None):

@@ -25,7 +25,14 @@ import numpy as np
 
 from ..exceptions import DrizzlepipeInputError
 
-__all__ = ["PIXEL_ARRAYS", "PixelSource", "attach_pixel_source", "release_pixels", "load_pixels"]
+__all__ = [
+    "PIXEL_ARRAYS",
+    "PixelSource",
+    "attach_pixel_source",
+    "load_pixels",
+    "pixel_rows",
+    "release_pixels",
+]
 
 #: The arrays of a chip that come from its file unchanged (the steps change only metadata, DQ
 #: and the static mask).
@@ -60,9 +67,10 @@ class PixelSource:
     stamp: tuple
     loaded: dict = field(default_factory=dict)
 
-    def read(self, names=None):
+    def read(self, names=None, rows=None):
         """The source arrays (``names``, default all; a reader that opens the whole chip gives
-        them all), read from the file as the reader made them, read-only.
+        them all), read from the file as the reader made them, read-only; ``rows`` (a slice):
+        only those rows (HST files read nothing else).
 
         Raises
         ------
@@ -76,7 +84,8 @@ class PixelSource:
                 self.name, "the input file changed during the run (its pixels are read again "
                 "by every step): run again on files that stay unchanged",
             )  # fmt: skip
-        arrays = read_pixel_arrays(self.name, self.names if names is None else names, self.options)
+        wanted = self.names if names is None else names
+        arrays = read_pixel_arrays(self.name, wanted, self.options, rows)
         for array in arrays.values():
             array.flags.writeable = False
         return arrays
@@ -124,6 +133,16 @@ def attach_pixel_source(model, name, options, *, names=None, shape=None):
             source.loaded[array_name] = array
     model.__dict__["_pixel_source"] = source
     return source
+
+
+def pixel_rows(model, name, rows):
+    """Rows ``rows`` (a slice) of the input array ``name`` of ``model``: from memory when the
+    model holds the array, else read from its file without the other rows (nothing is kept
+    in the model)."""
+    source = model.__dict__.get("_pixel_source")
+    if source is None or name not in source.names or name in model._instance:
+        return getattr(model, name)[rows]
+    return source.read((name,), rows)[name]
 
 
 def load_pixels(model):

@@ -30,9 +30,8 @@ import time
 import numpy as np
 
 from .. import presets
-from ..algorithms.stats import has_usable_pixel
 from ..datamodels import ModelLibrary, build_association, dqflags
-from ..datamodels.conversions import chip_label
+from ..datamodels.conversions import chip_label, has_usable_chip_pixel
 from ..datamodels.library import is_model_list
 from ..exceptions import DrizzlepipeInputError
 from ..execution import Executor, default_workers
@@ -228,7 +227,7 @@ class DrizzlePipeline(DrizPipeline):
                     convention = model.meta.dq_convention or "hst"
                     good = dqflags.interpret_good_bits(good_bits, convention)
                     bad_bits = 0 if good is None else ~good & 0xFFFFFFFF
-                    if not has_usable_pixel(model.data, model.dq, bad_bits):
+                    if not has_usable_chip_pixel(model, bad_bits):
                         empty.append(index)
                         log.warning(
                             "%s: no usable pixel (all NaN or flagged by DQ bits outside "

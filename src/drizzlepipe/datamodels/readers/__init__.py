@@ -167,13 +167,14 @@ def open_path(name, *, units=None, exptime=None, gain=None, readnoise=None, rese
     return read_hst_file(path, selector, pixels=pixels, **options)
 
 
-def read_pixel_arrays(name, names, options):
+def read_pixel_arrays(name, names, options, rows=None):
     """The input arrays ``names`` (``data``, ``err``, ``time``, ``var_*``) of one chip, read
     again from its file exactly as :func:`open_path` read them with reader ``options``.
 
-    HST chips are read directly (only the extensions asked for, SCI always); other files are
-    opened again as a whole (:func:`open_path`), and then all their input arrays are returned,
-    those not asked for too (reading them cost nothing more).
+    HST chips are read directly (only the extensions asked for, SCI always; with ``rows``, a
+    slice, only those rows); other files are opened again as a whole (:func:`open_path`), and
+    then all their input arrays are returned, those not asked for too (reading them cost
+    nothing more), cut to ``rows``.
     """
     path, selector = split_selector(name)
     if selector is not None and selector[0] == "SCI" and file_kind(path) != "asdf":
@@ -182,10 +183,11 @@ def read_pixel_arrays(name, names, options):
                 primary = hdulist[0].header
                 hst = not is_jwst(primary) and (is_hst(primary) or bool(sci_extvers(hdulist)))
             if hst:
-                pixels = read_hst_pixels(hdulist, path, selector[1], names)
+                pixels = read_hst_pixels(hdulist, path, selector[1], names, rows)
                 return {key: pixels[key] for key in names}
     chip = open_path(name, **options)
-    return {key: chip._instance[key] for key in PIXEL_ARRAYS if key in chip._instance}
+    arrays = {key: chip._instance[key] for key in PIXEL_ARRAYS if key in chip._instance}
+    return arrays if rows is None else {key: array[rows] for key, array in arrays.items()}
 
 
 def product_model_type(name):

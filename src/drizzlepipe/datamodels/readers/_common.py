@@ -98,17 +98,18 @@ def image_shape(hdu, path, extension, expected_shape=None):
     return shape
 
 
-def image_array(hdu, path, extension, dtype, expected_shape=None):
+def image_array(hdu, path, extension, dtype, expected_shape=None, rows=None):
     """Return the 2-D array of an image HDU as ``dtype`` (a copy, so the file is never touched).
 
     HST files store constant ERR/DQ arrays without data, as ``NPIX1``/``NPIX2``/``PIXVALUE``
-    keywords; those are expanded here.
+    keywords; those are expanded here. ``rows`` (a slice): only those rows, read alone from a
+    memory-mapped file (:func:`open_fits`), the shape checks being those of the whole array.
     """
     header = hdu.header
     data = hdu.data
     if data is None and "PIXVALUE" in header and "NPIX1" in header and "NPIX2" in header:
         shape = (int(header["NPIX2"]), int(header["NPIX1"]))
-        data = np.full(shape, header["PIXVALUE"], dtype=dtype)
+        data = np.broadcast_to(np.asarray(header["PIXVALUE"], dtype=dtype), shape)  # copied below
     if data is None:
         raise DrizzlepipeInputError(path, "extension holds no data", extension)
     if data.ndim != 2:
@@ -121,6 +122,8 @@ def image_array(hdu, path, extension, dtype, expected_shape=None):
             f"shape {data.shape} differs from the SCI shape {tuple(expected_shape)}",
             extension,
         )
+    if rows is not None:
+        data = data[rows]
     if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(data.dtype, np.signedinteger):
         # HST DQ is int16: reinterpret the bit pattern instead of sign-extending it (a view in
         # the file's byte order; the copy below swaps and widens in one pass).

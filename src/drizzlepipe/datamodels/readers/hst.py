@@ -212,17 +212,18 @@ def read_hst_chip(hdulist, path, extver, *, units=None, exptime=None, gain=None,
     return model
 
 
-def read_hst_pixels(hdulist, path, extver, names=("data", "err", "time")):
+def read_hst_pixels(hdulist, path, extver, names=("data", "err", "time"), rows=None):
     """The input arrays ``names`` of one chip, as float32: ``data`` (SCI), ``err`` (ERR, zeros
     when the file has none) and ``time`` (WFC3/IR and NICMOS TIME, only where the file has
-    it). SCI is always read (it gives the shape)."""
+    it). SCI is always read (it gives the shape). ``rows`` (a slice): only those rows."""
     ext = f"SCI,{extver}"
     try:
         sci = hdulist["SCI", extver]
     except KeyError:
         raise DrizzlepipeInputError(path, "no such extension", ext) from None
     with reading(path, ext):
-        data = image_array(sci, path, ext, np.float32)
+        whole_shape = image_shape(sci, path, ext)
+        data = image_array(sci, path, ext, np.float32, rows=rows)
     pixels = {"data": data}
     if "err" in names:
         pixels["err"] = np.zeros(data.shape, np.float32)
@@ -231,7 +232,7 @@ def read_hst_pixels(hdulist, path, extver, names=("data", "err", "time")):
             extension = f"{name},{extver}"
             with reading(path, extension):
                 pixels[name.lower()] = image_array(
-                    hdulist[name, extver], path, extension, np.float32, data.shape
+                    hdulist[name, extver], path, extension, np.float32, whole_shape, rows
                 )
     return pixels
 
