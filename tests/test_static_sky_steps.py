@@ -189,3 +189,33 @@ def test_statistics_threads_only_in_memory_and_never_for_the_serial_scheduler(
             assert pools == ([threads, threads] if threads else [])
             pools.clear()
     assert skies["recorded"] == skies["reference"]  # the same skies either way
+
+
+def test_in_memory_sky_holds_the_pixels_of_one_chip_per_thread(tmp_path, monkeypatch):
+    # the chips' data are read in the threads measuring them and let go before each thread's
+    # next chip: at most one chip per thread in memory, not every chip of the library
+    import gc
+    import weakref
+
+    from drizzlepipe.steps.sky_sub import SkySubStep as Step
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"jsh00{i}aq_flt.fits")
+        make_hst_flt(paths[-1], chips=2, rootname=f"jsh00{i}aq", seed=40 + i, shape=(60, 70))
+    library = StaticMaskStep(scheduler="serial").run(ModelLibrary([str(p) for p in paths]))
+    alive, most_alive, original = [], [0], Step._sky_arrays
+
+    def recording(self, model, user_masks):
+        gc.collect()
+        most_alive[0] = max(most_alive[0], sum(ref() is not None for ref in alive))
+        data, mask = original(self, model, user_masks)
+        alive.append(weakref.ref(data))
+        return data, mask
+
+    monkeypatch.setattr(Step, "_sky_arrays", recording)
+    for method in ("localmin", "globalmin+match"):
+        alive.clear()
+        Step(method=method, scheduler="threads", n_workers=2).run(library)
+        assert len(alive) == 6  # every chip read once
+        assert 1 <= most_alive[0] <= 2  # others' chips held while one is read: two threads

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ from astropy.io import fits
 from ..algorithms.grid import pixel_scale
 from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky, sky_spread
 from ..datamodels.conversions import bad_pixels, chip_label, data_with_sky
-from ..datamodels.library import ChipInfo
 from ..datamodels.readers import source_chip
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
@@ -87,18 +87,13 @@ class SkySubStep(DrizStep):
         self._restore(library)
         with library:
             chips, labels, files = [], [], []
-            # On disk, a chip's pixels are read when the sky algorithms reach it (they work one
-            # exposure at a time), so memory holds one chip, not all of them.
-            pixels = _OnDemandPixels(library, self, user_masks) if library.on_disk else None
+            # A chip's pixels are read when the sky algorithms reach it (they work one chip or
+            # one exposure at a time, each in a thread of statistics_map), so memory holds the
+            # chips being measured, not all of them.
+            pixels = _OnDemandPixels(library, self, user_masks)
             for index in range(len(library)):
-                if pixels is not None:
-                    info = library.chip_info(index)  # no file read when known
-                    chip = self._sky_chip(info, user_masks, pixels, index)
-                else:
-                    model = library.borrow(index)
-                    info = ChipInfo.of(model)
-                    chip = self._sky_chip(info, user_masks, model=model)
-                    library.shelve(model, index, modify=False)
+                info = library.chip_info(index)  # no file read when known
+                chip = self._sky_chip(info, pixels, index)
                 chips.append(chip)
                 labels.append(chip.name)
                 files.append(info.filename)
@@ -117,14 +112,11 @@ class SkySubStep(DrizStep):
             self._save(library)
         return library
 
-    def _sky_chip(self, info, user_masks, pixels=None, index=None, model=None):
-        """The :class:`SkyChip` of a chip described by ``info`` (a library's
-        :class:`~drizzlepipe.datamodels.library.ChipInfo`): the arrays of ``model``, or
-        ``pixels`` read on demand."""
-        if model is not None:
-            data, mask = self._sky_arrays(model, user_masks)
-        else:
-            data, mask = pixels.arrays(index, info.shape)
+    def _sky_chip(self, info, pixels, index):
+        """The :class:`SkyChip` of chip ``index``, described by ``info`` (a library's
+        :class:`~drizzlepipe.datamodels.library.ChipInfo`), its arrays read on demand from
+        ``pixels``."""
+        data, mask = pixels.arrays(index, info.shape)
         return SkyChip(
             data=data,
             wcs=info.wcs,
@@ -258,29 +250,35 @@ class SkySubStep(DrizStep):
 
 
 class _OnDemandPixels:
-    """Sky arrays of an on-disk library's chips, read when first used and kept for one chip
-    only (the sky algorithms take a chip's data and mask one after the other)."""
+    """Sky arrays of a library's chips, read when first used and kept for one chip per thread
+    (the sky algorithms take a chip's data and mask one after the other; each thread of a
+    pool takes its own chips)."""
 
     def __init__(self, library, step, user_masks):
         self._library, self._step, self._user_masks = library, step, user_masks
-        self._index, self._arrays = None, None
+        self._local = threading.local()
+        self._borrowing = threading.Lock()  # the library's ledger, one thread at a time
 
     def arrays(self, index, shape):
         """Stand-ins for chip ``index``'s data and mask (shape known, pixels read on use)."""
         return _PixelsOnUse(self, index, 0, shape), _PixelsOnUse(self, index, 1, shape)
 
     def load(self, index):
-        if self._index != index:
-            self._index, self._arrays = None, None  # let the previous chip go first
-            model = self._library.borrow(index)
+        local = self._local
+        if getattr(local, "index", None) != index:
+            local.index, local.arrays = None, None  # let the previous chip go first
+            with self._borrowing:
+                model = self._library.borrow(index)
             try:
                 data, mask = self._step._sky_arrays(model, self._user_masks)
-                # a copy: the model's arrays close with it when it is shelved back to disk
-                self._arrays = (np.array(data), mask)
+                if self._library.on_disk:
+                    # a copy: the model's arrays close with it when it is shelved back to disk
+                    data = np.array(data)
             finally:
-                self._library.shelve(model, index, modify=False)
-            self._index = index
-        return self._arrays
+                with self._borrowing:
+                    self._library.shelve(model, index, modify=False)
+            local.index, local.arrays = index, (data, mask)
+        return local.arrays
 
 
 class _PixelsOnUse:
