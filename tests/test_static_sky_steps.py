@@ -219,3 +219,35 @@ def test_in_memory_sky_holds_the_pixels_of_one_chip_per_thread(tmp_path, monkeyp
         Step(method=method, scheduler="threads", n_workers=2).run(library)
         assert len(alive) == 6  # every chip read once
         assert 1 <= most_alive[0] <= 2  # others' chips held while one is read: two threads
+
+
+def test_static_mask_reads_each_chip_in_the_thread_that_measures_it(tmp_path, monkeypatch):
+    # in memory with threads the main thread reads no chip: the chips waiting for a thread
+    # are not all held at once; the masks equal the serial run's
+    import threading
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"jst00{i}aq_flt.fits")
+        make_hst_flt(paths[-1], chips=2, rootname=f"jst00{i}aq", seed=50 + i, shape=(60, 70))
+    readers, original = [], ModelLibrary.read_chip
+
+    def recording(self, index, read):
+        readers.append(threading.current_thread() is threading.main_thread())
+        return original(self, index, read)
+
+    monkeypatch.setattr(ModelLibrary, "read_chip", recording)
+    masks = {}
+    for scheduler in ("threads", "serial"):
+        readers.clear()
+        library = ModelLibrary([str(p) for p in paths])
+        library = StaticMaskStep(scheduler=scheduler, n_workers=2).run(library)
+        assert readers == [scheduler == "serial"] * 6
+        masks[scheduler] = []
+        with library:
+            for index in range(6):
+                model = library.borrow(index)
+                masks[scheduler].append(np.array(model.static_mask))
+                library.shelve(model, index, modify=False)
+    for threaded, serial in zip(masks["threads"], masks["serial"]):
+        np.testing.assert_array_equal(threaded, serial)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ from .units import electrons_per_unit
 from .writers import source_key
 
 __all__ = ["ModelLibrary", "build_association", "resolve_input_files"]
+
+# borrow and shelve of chips read by several threads (ModelLibrary.read_chip)
+_LEDGER_LOCK = threading.Lock()
 
 
 class ModelLibrary(AbstractModelLibrary):
@@ -208,6 +212,24 @@ class ModelLibrary(AbstractModelLibrary):
             release_pixels(model)
         return model
 
+    def read_chip(self, index, read):
+        """``read(model)`` of chip ``index``, borrowed for it and shelved unmodified after;
+        several threads may read their own chips at once (the ledger is changed by one at a
+        time). On disk the model's arrays close when it is shelved: ``read`` returns them
+        through :meth:`kept`."""
+        with _LEDGER_LOCK:
+            model = self.borrow(index)
+        try:
+            return read(model)
+        finally:
+            with _LEDGER_LOCK:
+                self.shelve(model, index, modify=False)
+
+    def kept(self, array):
+        """An array of a borrowed chip that stays valid after the chip is shelved: a copy on
+        disk (the model's arrays close with it), the array itself in memory."""
+        return np.array(array) if self._on_disk else array
+
     def preload(self):
         """Read every member not yet in memory (in-memory libraries only; an on-disk library
         reads members when they are borrowed), so that the first step's timing and progress
@@ -344,6 +366,7 @@ class ChipInfo:
     start: float | None = None  # exposure start [MJD]
     end: float | None = None  # exposure end [MJD]
     readnoise: float = 0.0  # [electrons]
+    instrument: str | None = None
 
     @classmethod
     def of(cls, model):
@@ -373,6 +396,7 @@ class ChipInfo:
             start=meta.exposure.start if meta.exposure.hasattr("start") else None,
             end=meta.exposure.end if meta.exposure.hasattr("end") else None,
             readnoise=float(meta.detector.readnoise or 0.0),
+            instrument=meta.instrument.name,
         )
 
 

@@ -257,7 +257,6 @@ class _OnDemandPixels:
     def __init__(self, library, step, user_masks):
         self._library, self._step, self._user_masks = library, step, user_masks
         self._local = threading.local()
-        self._borrowing = threading.Lock()  # the library's ledger, one thread at a time
 
     def arrays(self, index, shape):
         """Stand-ins for chip ``index``'s data and mask (shape known, pixels read on use)."""
@@ -267,18 +266,13 @@ class _OnDemandPixels:
         local = self._local
         if getattr(local, "index", None) != index:
             local.index, local.arrays = None, None  # let the previous chip go first
-            with self._borrowing:
-                model = self._library.borrow(index)
-            try:
-                data, mask = self._step._sky_arrays(model, self._user_masks)
-                if self._library.on_disk:
-                    # a copy: the model's arrays close with it when it is shelved back to disk
-                    data = np.array(data)
-            finally:
-                with self._borrowing:
-                    self._library.shelve(model, index, modify=False)
-            local.index, local.arrays = index, (data, mask)
+            local.arrays = self._library.read_chip(index, self._read)
+            local.index = index
         return local.arrays
+
+    def _read(self, model):
+        data, mask = self._step._sky_arrays(model, self._user_masks)
+        return self._library.kept(data), mask
 
 
 class _PixelsOnUse:

@@ -15,6 +15,7 @@ from astropy.io import fits
 
 from ..algorithms.staticmask import build_static_masks
 from ..datamodels.conversions import chip_label
+from ..datamodels.library import ChipInfo
 from ..datamodels.writers import write_fits_atomic
 from .base import DrizStep
 
@@ -23,15 +24,23 @@ __all__ = ["StaticMaskStep"]
 log = logging.getLogger(__name__)
 
 
-def chip_position(model):
-    """Key of a chip position: instrument, detector, chip number and shape."""
-    meta = model.meta
-    return (
-        str(meta.instrument.name or ""),
-        str(meta.instrument.detector or ""),
-        int(meta.chip or 1),
-        tuple(model.shape),
-    )
+def chip_position(chip):
+    """Key of a chip position (of a model or its library's :class:`ChipInfo`): instrument,
+    detector, chip number and shape."""
+    info = chip if isinstance(chip, ChipInfo) else ChipInfo.of(chip)
+    return (str(info.instrument or ""), str(info.detector or ""), int(info.chip or 1), info.shape)
+
+
+class _DataOnUse:
+    """A chip's data, read from the library when first used: in the thread that measures it,
+    so that the chips waiting for a thread are not all in memory."""
+
+    def __init__(self, library, index, shape):
+        self._library, self._index, self.shape = library, index, shape
+
+    def __array__(self, dtype=None, copy=None):
+        data = self._library.read_chip(self._index, lambda model: self._library.kept(model.data))
+        return data if dtype is None else data.astype(dtype, copy=False)
 
 
 class StaticMaskStep(DrizStep):
@@ -63,11 +72,8 @@ class StaticMaskStep(DrizStep):
 
             def chips():
                 for index in range(len(library)):
-                    model = library.borrow(index)
-                    try:
-                        yield chip_position(model), model.data, None
-                    finally:
-                        library.shelve(model, index, modify=False)
+                    info = library.chip_info(index)
+                    yield chip_position(info), _DataOnUse(library, index, info.shape), None
 
             with self.statistics_map(library) as map_:
                 result = build_static_masks(chips(), static_sig=self.sigma, map_=map_)
@@ -78,8 +84,9 @@ class StaticMaskStep(DrizStep):
                 array.flags.writeable = False
             for index in range(len(library)):
                 model = library.borrow(index)
-                mask = result.masks[chip_position(model)]
-                model.static_mask = as_bytes[chip_position(model)]
+                position = chip_position(library.chip_info(index))
+                mask = result.masks[position]
+                model.static_mask = as_bytes[position]
                 self.record_step_status(model)
                 threshold = result.thresholds[index]
                 log.debug(
