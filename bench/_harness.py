@@ -28,7 +28,8 @@ Peak RSS
     sampling interval). The printed ``peak_rss_mib`` is therefore the sampled peak, replaced by
     the kernel's high-water mark whenever that mark rose during the call (the two then agree to
     within a sampling interval's worth of allocation). Both raw numbers are kept in the result.
-    For AstroDrizzle the child reports its own ``ru_maxrss`` (exact for its single process)
+    For AstroDrizzle the child reports its own peak (``VmHWM`` on Linux, exact for its single
+    process: ``ru_maxrss`` there would carry the driver's mark across exec; else ``ru_maxrss``)
     and the parent polls the child's process tree with psutil (which sees ``num_cores > 1``
     workers, summed; forked workers share copy-on-write pages, so that sum over-counts).
     ``AstroDrizzleRun.peak_rss_mib`` is the larger of the two.
@@ -509,6 +510,12 @@ import json, os, resource, sys, time, traceback
 spec = json.load(open(sys.argv[1]))
 os.chdir(spec["workdir"])
 def maxrss_mib(who):
+    if who == resource.RUSAGE_SELF and os.path.exists("/proc/self/status"):
+        # VmHWM, this process image's own peak: Linux's ru_maxrss keeps the high-water mark
+        # of the process it was forked from (the bench driver) across exec
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     value = resource.getrusage(who).ru_maxrss
     return value / 2**20 if sys.platform == "darwin" else value / 1024.0
 def rss_mib():
