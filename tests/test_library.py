@@ -261,3 +261,28 @@ def test_usable_pixel_screen_reads_the_first_rows_then_the_whole_chip(tmp_path, 
         model = library.borrow(0)
         assert has_usable_chip_pixel(model, bad_bits=32) is usable
         library.shelve(model, 0, modify=False)
+
+
+def test_chip_array_stand_in_reads_on_use_with_numpys_copy_rules(exposures):
+    # a stand-in knows its shape without reading; numpy's asarray gives the chip's read-only
+    # pixels, array() a writable copy, a dtype a converted copy
+    library = ModelLibrary([str(p) for p in exposures])
+    library.preload()
+    reads = []
+
+    def read(model):
+        reads.append(model.meta.chip)
+        return library.kept(model.data)
+
+    with library:
+        stand_in = library.chip_array(3, read, library.chip_info(3).shape)
+        assert stand_in.shape == (40, 50) and stand_in.ndim == 2 and reads == []
+        viewed = np.asarray(stand_in)
+        assert not viewed.flags.writeable and reads == [2]
+        copied = np.array(stand_in)
+        assert copied.flags.writeable
+        np.testing.assert_array_equal(copied, viewed)
+        assert np.asarray(stand_in, dtype=np.float64).dtype == np.float64
+        model = library.borrow(3)
+        np.testing.assert_array_equal(viewed, model.data)
+        library.shelve(model, 3, modify=False)

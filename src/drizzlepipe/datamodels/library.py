@@ -15,6 +15,7 @@ temporary directory and only borrowed ones are in RAM. A library of models keeps
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -230,6 +231,13 @@ class ModelLibrary(AbstractModelLibrary):
         disk (the model's arrays close with it), the array itself in memory."""
         return np.array(array) if self._on_disk else array
 
+    def chip_array(self, index, read, shape):
+        """A stand-in of shape ``shape`` for an array of chip ``index``: ``read(model)`` (an
+        array that stays valid, see :meth:`kept`) gives its values through
+        :meth:`read_chip` when numpy first needs them, in the thread that uses them, so that
+        chips waiting for a thread of a pool are not all in memory."""
+        return ArrayOnUse(functools.partial(self.read_chip, index, read), shape)
+
     def preload(self):
         """Read every member not yet in memory (in-memory libraries only; an on-disk library
         reads members when they are borrowed), so that the first step's timing and progress
@@ -338,6 +346,18 @@ class ModelLibrary(AbstractModelLibrary):
         subpath.mkdir(parents=True, exist_ok=True)
         stem = Path(self._model_to_filename(model)).stem
         return subpath / f"{stem}.asdf"
+
+
+class ArrayOnUse:
+    """An array-like with a known ``shape`` whose values come from ``load()`` each time numpy
+    asks for them (the caller keeps what it needs)."""
+
+    def __init__(self, load, shape):
+        self._load, self.shape = load, tuple(shape)
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self._load(), dtype=dtype, copy=copy)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ the chip's data units per pixel, i.e. MDRIZSKY); the data are changed only with
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -21,6 +22,7 @@ from astropy.io import fits
 from ..algorithms.grid import pixel_scale
 from ..algorithms.sky import SkyChip, SkyMatchError, SkyStatistic, compute_sky, sky_spread
 from ..datamodels.conversions import bad_pixels, chip_label, data_with_sky
+from ..datamodels.library import ArrayOnUse
 from ..datamodels.readers import source_chip
 from ..datamodels.readers._common import split_selector
 from ..datamodels.writers import write_copies
@@ -260,7 +262,12 @@ class _OnDemandPixels:
 
     def arrays(self, index, shape):
         """Stand-ins for chip ``index``'s data and mask (shape known, pixels read on use)."""
-        return _PixelsOnUse(self, index, 0, shape), _PixelsOnUse(self, index, 1, shape)
+        return tuple(
+            ArrayOnUse(functools.partial(self._array, index, which), shape) for which in (0, 1)
+        )
+
+    def _array(self, index, which):
+        return self.load(index)[which]
 
     def load(self, index):
         local = self._local
@@ -273,19 +280,6 @@ class _OnDemandPixels:
     def _read(self, model):
         data, mask = self._step._sky_arrays(model, self._user_masks)
         return self._library.kept(data), mask
-
-
-class _PixelsOnUse:
-    """An array-like with a shape whose values are read from the library when used."""
-
-    def __init__(self, source, index, which, shape):
-        self._source, self._index, self._which = source, index, which
-        self.shape = tuple(shape)
-        self.ndim = len(self.shape)
-
-    def __array__(self, dtype=None, copy=None):
-        array = self._source.load(self._index)[self._which]
-        return array if dtype is None else array.astype(dtype, copy=False)
 
 
 def _read_catalogue(path, what):

@@ -31,18 +31,6 @@ def chip_position(chip):
     return (str(info.instrument or ""), str(info.detector or ""), int(info.chip or 1), info.shape)
 
 
-class _DataOnUse:
-    """A chip's data, read from the library when first used: in the thread that measures it,
-    so that the chips waiting for a thread are not all in memory."""
-
-    def __init__(self, library, index, shape):
-        self._library, self._index, self.shape = library, index, shape
-
-    def __array__(self, dtype=None, copy=None):
-        data = self._library.read_chip(self._index, lambda model: self._library.kept(model.data))
-        return data if dtype is None else data.astype(dtype, copy=False)
-
-
 class StaticMaskStep(DrizStep):
     """Build the static bad-pixel masks and attach them to every chip (``static_mask``)."""
 
@@ -70,10 +58,12 @@ class StaticMaskStep(DrizStep):
         library = self.prepare_library(input_data)
         with library:
 
-            def chips():
+            def chips():  # each chip's data read in the thread that measures it
                 for index in range(len(library)):
                     info = library.chip_info(index)
-                    yield chip_position(info), _DataOnUse(library, index, info.shape), None
+                    data = library.chip_array(index, lambda model: library.kept(model.data),
+                                              info.shape)  # fmt: skip
+                    yield chip_position(info), data, None
 
             with self.statistics_map(library) as map_:
                 result = build_static_masks(chips(), static_sig=self.sigma, map_=map_)
