@@ -235,11 +235,18 @@ def test_rows_of_a_chip_are_read_alone_and_equal_the_whole_read(tmp_path, exposu
 
 @pytest.mark.parametrize(
     "case, usable",
-    [("normal", True), ("nan_first_rows", True), ("all_nan", False), ("flagged", False)],
+    [
+        ("normal", True),
+        ("nan_first_rows", True),
+        ("flagged_first_rows", True),
+        ("all_nan", False),
+        ("flagged", False),
+    ],
 )
 def test_usable_pixel_screen_reads_the_first_rows_then_the_whole_chip(tmp_path, case, usable):
-    # a chip whose first rows are NaN is still found usable by a pixel further down; one
-    # with no finite pixel, or all its finite pixels flagged, is not
+    # a chip whose first rows are NaN or flagged is still found usable by a pixel further
+    # down; one with no finite pixel, or all its finite pixels flagged, is not; a normal chip
+    # is screened without reading the whole of it
     from astropy.io import fits
 
     from drizzlepipe.datamodels.conversions import has_usable_chip_pixel
@@ -250,6 +257,8 @@ def test_usable_pixel_screen_reads_the_first_rows_then_the_whole_chip(tmp_path, 
         sci = hdulist["SCI", 1].data
         if case == "nan_first_rows":
             sci[:150] = np.nan
+        elif case == "flagged_first_rows":
+            hdulist["DQ", 1].data[:150] = 32
         elif case == "all_nan":
             sci[:] = np.nan
         elif case == "flagged":
@@ -260,6 +269,8 @@ def test_usable_pixel_screen_reads_the_first_rows_then_the_whole_chip(tmp_path, 
     with library:
         model = library.borrow(0)
         assert has_usable_chip_pixel(model, bad_bits=32) is usable
+        if case == "normal":
+            assert "data" not in model._instance  # the first rows only were read
         library.shelve(model, 0, modify=False)
 
 

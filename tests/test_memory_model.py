@@ -83,9 +83,9 @@ def test_sixty_exposures_on_disk_stay_under_the_memory_models_bound(sixty_exposu
         f"peak {measured['peak'] / 2**20:.0f} MiB above the bound {bound / 2**20:.0f} MiB "
         f"(baseline {measured['baseline'] / 2**20:.0f} MiB, model {on_disk})"
     )
-    # The model is not vacuous: the run uses at least half of what it predicts (measured:
-    # 136 MiB of 206), and less than the chips and singles an in-memory run holds alone.
-    assert used >= 0.5 * on_disk.total
+    # The bound is tight enough to matter: the chips and singles an in-memory run holds
+    # would not fit under it.
+    assert in_memory.total - on_disk.total > IMPORT_ALLOWANCE
     assert used < in_memory.chips + in_memory.singles
 
 

@@ -5,9 +5,10 @@ Sizes are in bytes. ``P`` is the number of pixels of one chip, ``O`` of the outp
 the number of chips, ``E`` of exposures and ``W`` the number of workers.
 
 * Chips in memory: their state, ``5 P`` each (DQ uint32, static mask uint8), all ``C``; their
-  pixels (SCI, ERR) are read from the files when used (:mod:`drizzlepipe.datamodels.pixels`),
-  and the sky and static-mask steps hold the data and mask (``5 P``) of the chip each of
-  their threads (``W``, at most 4) measures. On disk
+  pixels (SCI, ERR) are read from the files when used (:mod:`drizzlepipe.datamodels.pixels`).
+  Another ``5 P`` each covers what the sky step may keep: the chips' data it replaces (``4 P``
+  with ``subtract=True``, or for inputs whose sky was subtracted before they were read), else
+  the data and mask of the chip each of its threads measures (``5 P`` per thread). On disk
   (``in_memory=False``): ``13 P`` (SCI, ERR, DQ, static mask) for the chips borrowed at a time,
   at most ``W``.
 * Singles (DrizSeparate): ``8 O`` each (SCI, WHT float32). In memory all ``E``; on disk they are
@@ -112,7 +113,7 @@ def estimate_memory(
     if context:
         partial += 4 * o * math.ceil(max(n_chips, 1) / 32)
     return MemoryEstimate(
-        chips=5 * p * (n_chips + min(w, 4, n_chips)) if in_memory else 13 * p * resident_chips,
+        chips=10 * p * n_chips if in_memory else 13 * p * resident_chips,
         singles=8 * o * n_exposures if in_memory else 0,
         median_sections=0 if in_memory else int(2 * bufsize_mib * _MIB * n_exposures),
         tasks=16 * p * min(w, n_chips),

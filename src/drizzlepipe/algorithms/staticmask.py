@@ -174,7 +174,8 @@ def build_static_masks(
     """One static mask per chip position, OR-ed over all exposures.
 
     With the built-in ``map``, chips are consumed one at a time, so at most one chip and one
-    mask per position are held in memory.
+    mask per position are held in memory; a chip's data is let go once its threshold is
+    measured (its low pixels, a boolean mask, wait for the combination).
 
     Parameters
     ----------
@@ -197,21 +198,24 @@ def build_static_masks(
     """
 
     def measure(chip):
+        # the chip's pixels below its threshold: 1 byte a pixel waits for the combination,
+        # not the chip's data
         key, data, mask = chip
         values = np.asarray(data, dtype=np.float32)
         threshold = low_pixel_threshold(values, mask, static_sig=static_sig, binwidth=binwidth)
-        return key, values, threshold
+        low = values < np.float32(threshold) if threshold is not None else None
+        return key, values.shape, low, threshold
 
     masks: dict = {}
     thresholds = []
-    for key, values, threshold in map_(measure, chips):
+    for key, shape, low, threshold in map_(measure, chips):
         thresholds.append(threshold)
-        if key in masks and masks[key].shape != values.shape:
+        if key in masks and masks[key].shape != shape:
             raise ValueError(
-                f"chip position {key!r} has data of shape {values.shape} and "
+                f"chip position {key!r} has data of shape {shape} and "
                 f"{masks[key].shape}; one position must have one shape"
             )
-        combined = masks.setdefault(key, np.zeros(values.shape, dtype=bool))
-        if threshold is not None:
-            combined |= values < np.float32(threshold)
+        combined = masks.setdefault(key, np.zeros(shape, dtype=bool))
+        if low is not None:
+            combined |= low
     return StaticMasks(masks=masks, thresholds=tuple(thresholds))

@@ -216,8 +216,9 @@ class ModelLibrary(AbstractModelLibrary):
     def read_chip(self, index, read):
         """``read(model)`` of chip ``index``, borrowed for it and shelved unmodified after;
         several threads may read their own chips at once (the ledger is changed by one at a
-        time). On disk the model's arrays close when it is shelved: ``read`` returns them
-        through :meth:`kept`."""
+        time; one chip by two threads at once is refused by stpipe as a double borrow). On
+        disk the model's arrays close when it is shelved: ``read`` returns them through
+        :meth:`kept`."""
         with _LEDGER_LOCK:
             model = self.borrow(index)
         try:

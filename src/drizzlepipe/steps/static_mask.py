@@ -57,16 +57,19 @@ class StaticMaskStep(DrizStep):
         """
         library = self.prepare_library(input_data)
         with library:
+            # each chip's data is read in the thread that measures it; the chips' infos first,
+            # before any thread borrows a chip
+            infos = [library.chip_info(index) for index in range(len(library))]
 
-            def chips():  # each chip's data read in the thread that measures it
-                for index in range(len(library)):
-                    info = library.chip_info(index)
-                    data = library.chip_array(index, lambda model: library.kept(model.data),
-                                              info.shape)  # fmt: skip
-                    yield chip_position(info), data, None
+            def own_data(model):  # valid after the chip is shelved
+                return library.kept(model.data)
 
+            chips = [
+                (chip_position(info), library.chip_array(index, own_data, info.shape), None)
+                for index, info in enumerate(infos)
+            ]
             with self.statistics_map(library) as map_:
-                result = build_static_masks(chips(), static_sig=self.sigma, map_=map_)
+                result = build_static_masks(chips, static_sig=self.sigma, map_=map_)
             # one read-only array per chip position, shared by its chips (in memory, E - 1
             # fewer copies of P bytes per position)
             as_bytes = {key: mask.astype(np.uint8) for key, mask in result.masks.items()}
