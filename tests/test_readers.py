@@ -168,3 +168,64 @@ def test_own_products_open_as_their_model(tmp_path):
     assert isinstance(again, ImageModel) and again.meta.chip == 2
     np.testing.assert_array_equal(again.data, chip.data)
     assert again.meta.source.format == "hst"  # provenance of the original reader kept
+
+
+def _rewrite_scaled(path, extension, stored, header):
+    """Replace ``extension`` of ``path`` by integer values ``stored`` with scaling keywords
+    (written without astropy's own scaling, as a camera or an archive writes them)."""
+    with fits.open(path) as hdulist:
+        hdus = [hdu.copy() for hdu in hdulist]
+    index = next(i for i, hdu in enumerate(hdus) if (hdu.name, hdu.ver) == extension)
+    old = hdus[index]
+    new = (fits.PrimaryHDU if index == 0 else fits.ImageHDU)(stored, header=old.header)
+    new.header.update(header)
+    hdus[index] = new
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+
+
+def test_scaled_integer_images_read_as_their_physical_values(tmp_path):
+    # an unsigned 16-bit camera image (int16 + BZERO 32768), a BSCALE/BZERO image with BLANK
+    # pixels, and DQ stored as unsigned 16 bits: the values astropy's own scaling gives, NaN
+    # at BLANK; a band of rows read alone equals the whole read
+    from drizzlepipe.datamodels import ModelLibrary
+    from drizzlepipe.datamodels.pixels import pixel_rows
+
+    camera = tmp_path / "camera.fits"
+    make_plain_fits(camera)
+    counts = np.arange(1200, dtype=np.int64).reshape(30, 40) * 50  # 0..59950: needs uint16
+    _rewrite_scaled(camera, ("PRIMARY", 1), (counts - 32768).astype(np.int16),
+                    {"BZERO": 32768, "BSCALE": 1})  # fmt: skip
+    np.testing.assert_array_equal(dm.open(str(camera)).data, counts.astype(np.float32))
+
+    flt = tmp_path / "jscal1aq_flt.fits"
+    make_hst_flt(flt, chips=1, rootname="jscal1aq")
+    stored = np.arange(2000, dtype=np.int16).reshape(40, 50) - 1000
+    stored[3, 4] = -32768
+    _rewrite_scaled(flt, ("SCI", 1), stored, {"BSCALE": 0.5, "BZERO": 100.0, "BLANK": -32768})
+    flags = np.zeros((40, 50), np.int64)
+    flags[2, 2], flags[5, 6] = 4096, 40000
+    _rewrite_scaled(flt, ("DQ", 1), (flags - 32768).astype(np.int16), {"BZERO": 32768})
+    expected = stored * np.float32(0.5) + np.float32(100.0)
+    expected[3, 4] = np.nan
+    with fits.open(flt) as hdulist:  # astropy's own scaling agrees
+        np.testing.assert_array_equal(hdulist["SCI", 1].data, expected)
+    chip = dm.open(str(flt) + "[SCI,1]")
+    np.testing.assert_array_equal(chip.data, expected)
+    np.testing.assert_array_equal(chip.dq, flags.astype(np.uint32))
+    library = ModelLibrary([str(flt)])
+    library.preload()
+    with library:
+        model = library.borrow(0)
+        np.testing.assert_array_equal(pixel_rows(model, "data", slice(2, 9)), expected[2:9])
+        library.shelve(model, 0, modify=False)
+
+
+def test_flags_scaled_to_fractions_are_refused_with_the_extension_named(tmp_path):
+    flt = tmp_path / "jscal2aq_flt.fits"
+    make_hst_flt(flt, chips=1, rootname="jscal2aq")
+    _rewrite_scaled(flt, ("DQ", 1), np.zeros((40, 50), np.int16), {"BSCALE": 0.5})
+    from drizzlepipe.exceptions import DrizzlepipeInputError
+
+    with pytest.raises(DrizzlepipeInputError, match="not whole numbers") as caught:
+        dm.open(str(flt) + "[SCI,1]")
+    assert "jscal2aq_flt.fits" in str(caught.value) and "DQ,1" in str(caught.value)

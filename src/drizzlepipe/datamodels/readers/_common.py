@@ -54,9 +54,13 @@ def file_kind(path):
 
 def open_fits(path):
     """Open a FITS file read-only (memory-mapped: readers copy what they keep, straight from
-    the page cache); unreadable files give a clear error."""
+    the page cache); unreadable files give a clear error. Image data come as stored:
+    :func:`image_array` applies BSCALE, BZERO and BLANK (astropy cannot scale a memory-mapped
+    image)."""
     try:
-        return fits.open(path, mode="readonly", memmap=True, lazy_load_hdus=True)
+        return fits.open(
+            path, mode="readonly", memmap=True, lazy_load_hdus=True, do_not_scale_image_data=True
+        )
     except (OSError, ValueError, TypeError) as exc:
         raise DrizzlepipeInputError(path, f"unreadable FITS file ({exc})") from None
 
@@ -102,11 +106,14 @@ def image_array(hdu, path, extension, dtype, expected_shape=None, rows=None):
     """Return the 2-D array of an image HDU as ``dtype`` (a copy, so the file is never touched).
 
     HST files store constant ERR/DQ arrays without data, as ``NPIX1``/``NPIX2``/``PIXVALUE``
-    keywords; those are expanded here. ``rows`` (a slice): only those rows, read alone from a
+    keywords; those are expanded here. Stored values are scaled (``BZERO + BSCALE x value``;
+    BLANK integers become NaN in float arrays), e.g. the unsigned 16-bit images of many
+    cameras (BZERO = 32768). ``rows`` (a slice): only those rows, read alone from a
     memory-mapped file (:func:`open_fits`), the shape checks being those of the whole array.
     """
     header = hdu.header
     data = hdu.data
+    stored = data is not None  # values as the file stores them (see open_fits)
     if data is None and "PIXVALUE" in header and "NPIX1" in header and "NPIX2" in header:
         shape = (int(header["NPIX2"]), int(header["NPIX1"]))
         data = np.broadcast_to(np.asarray(header["PIXVALUE"], dtype=dtype), shape)  # copied below
@@ -124,11 +131,51 @@ def image_array(hdu, path, extension, dtype, expected_shape=None, rows=None):
         )
     if rows is not None:
         data = data[rows]
+    if stored and _is_scaled(header, data):
+        return _scaled(data, header, dtype, path, extension)
     if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(data.dtype, np.signedinteger):
         # HST DQ is int16: reinterpret the bit pattern instead of sign-extending it (a view in
         # the file's byte order; the copy below swaps and widens in one pass).
         data = data.view(data.dtype.str.replace("i", "u"))
     return np.array(data, dtype=dtype, copy=True)
+
+
+def _is_scaled(header, data):
+    """Whether stored values differ from the physical ones (BSCALE, BZERO, or BLANK of an
+    integer image)."""
+    integer = np.issubdtype(data.dtype, np.integer)
+    return (
+        float(header.get("BSCALE", 1.0)) != 1.0
+        or float(header.get("BZERO", 0.0)) != 0.0
+        or (integer and header.get("BLANK") is not None)
+    )
+
+
+def _scaled(data, header, dtype, path, extension):
+    """The physical values ``BZERO + BSCALE x stored`` as ``dtype``: computed in float64 for a
+    float ``dtype`` (BLANK integers become NaN), exactly in integers for an integer one (flags
+    must stay whole numbers within the dtype)."""
+    scale, zero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        if scale != 1.0 or zero != round(zero):
+            raise DrizzlepipeInputError(
+                path, f"flags scaled by BSCALE={scale:g} and BZERO={zero:g} are not whole "
+                "numbers", extension,
+            )  # fmt: skip
+        values = data.astype(np.int64) + int(zero)
+        limits = np.iinfo(dtype)
+        if values.size and (values.min() < limits.min or values.max() > limits.max):
+            raise DrizzlepipeInputError(
+                path, f"flags outside {limits.min}..{limits.max} after BZERO={zero:g}", extension
+            )
+        return values.astype(dtype)
+    values = data.astype(np.float64)
+    values *= scale
+    values += zero
+    blank = header.get("BLANK") if np.issubdtype(data.dtype, np.integer) else None
+    if blank is not None:
+        values[data == int(blank)] = np.nan
+    return values.astype(dtype)
 
 
 _WARNINGS_LOCK = threading.Lock()
