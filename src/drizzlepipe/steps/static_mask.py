@@ -15,7 +15,6 @@ from astropy.io import fits
 
 from ..algorithms.staticmask import build_static_masks
 from ..datamodels.conversions import chip_label
-from ..datamodels.library import ChipInfo
 from ..datamodels.writers import write_fits_atomic
 from .base import DrizStep
 
@@ -24,10 +23,10 @@ __all__ = ["StaticMaskStep"]
 log = logging.getLogger(__name__)
 
 
-def chip_position(chip):
-    """Key of a chip position (of a model or its library's :class:`ChipInfo`): instrument,
-    detector, chip number and shape."""
-    info = chip if isinstance(chip, ChipInfo) else ChipInfo.of(chip)
+def chip_position(info):
+    """Key of a chip position, from the chip's
+    :class:`~drizzlepipe.datamodels.library.ChipInfo`: instrument, detector, chip number and
+    shape."""
     return (str(info.instrument or ""), str(info.detector or ""), int(info.chip or 1), info.shape)
 
 
@@ -60,12 +59,13 @@ class StaticMaskStep(DrizStep):
             # each chip's data is read in the thread that measures it; the chips' infos first,
             # before any thread borrows a chip
             infos = [library.chip_info(index) for index in range(len(library))]
+            positions = [chip_position(info) for info in infos]
 
             def own_data(model):  # valid after the chip is shelved
                 return library.kept(model.data)
 
             chips = [
-                (chip_position(info), library.chip_array(index, own_data, info.shape), None)
+                (positions[index], library.chip_array(index, own_data, info.shape), None)
                 for index, info in enumerate(infos)
             ]
             with self.statistics_map(library) as map_:
@@ -77,9 +77,8 @@ class StaticMaskStep(DrizStep):
                 array.flags.writeable = False
             for index in range(len(library)):
                 model = library.borrow(index)
-                position = chip_position(library.chip_info(index))
-                mask = result.masks[position]
-                model.static_mask = as_bytes[position]
+                mask = result.masks[positions[index]]
+                model.static_mask = as_bytes[positions[index]]
                 self.record_step_status(model)
                 threshold = result.thresholds[index]
                 log.debug(
